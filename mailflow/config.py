@@ -1,0 +1,490 @@
+"""TOML config + env overrides -> validated dataclasses.
+
+Every error names the file and the key, because the admin who reads it is looking at that file.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from mailflow import resources
+
+PRIORITIES = ("urgent", "high", "normal", "low")
+DEFAULT_FIRST_RESPONSE_HOURS = {"urgent": 1.0, "high": 4.0, "normal": 24.0, "low": 48.0}
+DEFAULT_RESOLUTION_HOURS = {"urgent": 4.0, "high": 24.0, "normal": 72.0, "low": 336.0}
+
+
+class ConfigError(Exception):
+    """A list of `file: key: reason` problems."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass
+class Secret:
+    """A password/token that is read lazily and never printed."""
+
+    value: str | None = None
+    env: str | None = None
+    file: str | None = None
+    command: str | None = None
+
+    def get(self) -> str:
+        if self.value is not None:
+            return self.value
+        if self.env is not None:
+            v = os.environ.get(self.env)
+            if v is None:
+                raise ConfigError([f"environment: {self.env}: not set"])
+            return v
+        if self.file is not None:
+            return Path(self.file).read_text(encoding="utf-8").strip()
+        if self.command is not None:
+            out = subprocess.run(self.command, shell=True, capture_output=True, text=True, timeout=60)
+            if out.returncode != 0:
+                raise ConfigError([f"token_command: exited {out.returncode}"])
+            return out.stdout.strip()
+        return ""
+
+    def __repr__(self) -> str:  # never leak a secret into logs or tracebacks
+        return "Secret(***)"
+
+
+@dataclass
+class SmtpConfig:
+    host: str = "localhost"
+    port: int = 25
+    tls: str = "none"  # implicit | starttls | none
+    user: str | None = None
+    password: Secret = field(default_factory=Secret)
+    auth: str = "password"  # password | xoauth2
+    token: Secret = field(default_factory=Secret)
+    timeout: float = 30.0
+
+
+@dataclass
+class MailboxConfig:
+    name: str
+    host: str
+    port: int = 993
+    tls: str = "implicit"  # implicit | starttls | none
+    user: str = ""
+    password: Secret = field(default_factory=Secret)
+    auth: str = "password"  # password | xoauth2
+    token: Secret = field(default_factory=Secret)
+    folder: str = "INBOX"
+    address: str = ""
+    from_name: str = ""
+    after: str = "seen"  # seen | move:<folder> | keep
+    poll_interval: float = 60.0
+    idle: bool = True
+    timeout: float = 20.0
+    batch_size: int = 100
+    smtp: SmtpConfig | None = None
+
+
+@dataclass
+class StaffMember:
+    email: str
+    name: str
+    teams: list[str] = field(default_factory=list)
+    role: str = "agent"  # agent | lead | manager
+
+
+@dataclass
+class OutboundConfig:
+    ack_replies: bool = False  # acknowledge customer replies to an existing ticket too
+    max_auto_per_hour: int = 5  # automatic mails to one address per hour
+    max_auto_per_ticket: int = 10  # automatic mails per ticket, ever
+    retry_for_hours: float = 48.0  # give up on temporary failures after this long
+    backoff_initial: float = 30.0
+    backoff_max: float = 3600.0
+    trusted_authserv_ids: list[str] = field(default_factory=list)
+    hmac_key: Secret = field(default_factory=Secret)
+
+
+@dataclass
+class Config:
+    path: Path | None
+    data_dir: Path
+    rules_dir: Path
+    templates_dir: Path
+    default_locale: str = "zh"
+    company_name: str = "Example Co."
+    vip: list[str] = field(default_factory=list)
+    prefix: str = "CW"
+    timezone: str = "Asia/Shanghai"
+    first_response_hours: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FIRST_RESPONSE_HOURS))
+    resolution_hours: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_RESOLUTION_HOURS))
+    attachment_max_bytes: int = 10 * 1024 * 1024
+    mailboxes: list[MailboxConfig] = field(default_factory=list)
+    smtp: SmtpConfig | None = None
+    staff: list[StaffMember] = field(default_factory=list)
+    outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    log_level: str = "info"
+    # escalation chain for `escalate` without a target: emails in order
+    escalation_chain: list[str] = field(default_factory=list)
+    routing_strategy: str = "least_open"  # least_open | round_robin
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def staff_by_email(self) -> dict[str, StaffMember]:
+        return {s.email.lower(): s for s in self.staff}
+
+    def mailbox(self, name: str) -> MailboxConfig | None:
+        for mb in self.mailboxes:
+            if mb.name == name:
+                return mb
+        return None
+
+    def smtp_for(self, mailbox: str | None) -> SmtpConfig | None:
+        mb = self.mailbox(mailbox) if mailbox else None
+        if mb is not None and mb.smtp is not None:
+            return mb.smtp
+        return self.smtp
+
+    def is_vip(self, addr: str) -> bool:
+        a = addr.lower()
+        for v in self.vip:
+            v = v.lower()
+            if v.startswith("@") and a.endswith(v):
+                return True
+            if a == v:
+                return True
+        return False
+
+
+class _Reader:
+    """Pulls typed keys out of a TOML table and collects `file: key: reason` problems."""
+
+    def __init__(self, fname: str):
+        self.fname = fname
+        self.problems: list[str] = []
+
+    def err(self, key: str, reason: str) -> None:
+        self.problems.append(f"{self.fname}: {key}: {reason}")
+
+    def get(self, table: dict, key: str, typ: type | tuple, default, prefix: str):
+        if key not in table:
+            return default
+        v = table[key]
+        if typ is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if isinstance(v, bool) and typ in (int, float):
+            self.err(f"{prefix}{key}", f"expected {typ.__name__}, got boolean")
+            return default
+        if not isinstance(v, typ):
+            name = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
+            self.err(f"{prefix}{key}", f"expected {name}, got {type(v).__name__}")
+            return default
+        return v
+
+    def unknown(self, table: dict, known: set[str], prefix: str) -> None:
+        for k in table:
+            if k not in known:
+                self.err(f"{prefix}{k}", "unknown key")
+
+    def secret(self, table: dict, prefix: str, base: str = "password") -> Secret:
+        s = Secret(
+            value=self.get(table, base, str, None, prefix),
+            env=self.get(table, f"{base}_env", str, None, prefix),
+            file=self.get(table, f"{base}_file", str, None, prefix),
+        )
+        n = sum(x is not None for x in (s.value, s.env, s.file))
+        if n > 1:
+            self.err(f"{prefix}{base}", f"give only one of {base}, {base}_env, {base}_file")
+        return s
+
+
+_SMTP_KEYS = {"host", "port", "tls", "user", "password", "password_env", "password_file", "auth",
+              "token_command", "timeout"}
+_MB_KEYS = {"name", "host", "port", "tls", "user", "password", "password_env", "password_file", "auth",
+            "token_command", "folder", "address", "from_name", "after", "poll_interval", "idle", "timeout",
+            "batch_size", "smtp"}
+
+
+def _smtp(r: _Reader, t: dict, prefix: str) -> SmtpConfig:
+    r.unknown(t, _SMTP_KEYS, prefix)
+    c = SmtpConfig(
+        host=r.get(t, "host", str, "localhost", prefix),
+        port=r.get(t, "port", int, 587, prefix),
+        tls=r.get(t, "tls", str, "starttls", prefix),
+        user=r.get(t, "user", str, None, prefix),
+        password=r.secret(t, prefix),
+        auth=r.get(t, "auth", str, "password", prefix),
+        token=Secret(command=r.get(t, "token_command", str, None, prefix)),
+        timeout=r.get(t, "timeout", float, 30.0, prefix),
+    )
+    if c.tls not in ("implicit", "starttls", "none"):
+        r.err(f"{prefix}tls", f"must be implicit, starttls or none, not {c.tls!r}")
+    if c.auth not in ("password", "xoauth2"):
+        r.err(f"{prefix}auth", f"must be password or xoauth2, not {c.auth!r}")
+    if c.auth == "xoauth2" and c.token.command is None:
+        r.err(f"{prefix}token_command", "required when auth = \"xoauth2\"")
+    if not 0 < c.port < 65536:
+        r.err(f"{prefix}port", "must be between 1 and 65535")
+    return c
+
+
+def _mailbox(r: _Reader, t: dict, i: int) -> MailboxConfig | None:
+    prefix = f"mailbox[{i}]."
+    if not isinstance(t, dict):
+        r.err(f"mailbox[{i}]", "must be a table ([[mailbox]])")
+        return None
+    r.unknown(t, _MB_KEYS, prefix)
+    name = r.get(t, "name", str, None, prefix)
+    host = r.get(t, "host", str, None, prefix)
+    if not name:
+        r.err(f"{prefix}name", "required")
+    if not host:
+        r.err(f"{prefix}host", "required")
+    tls = r.get(t, "tls", str, "implicit", prefix)
+    mb = MailboxConfig(
+        name=name or f"mailbox{i}",
+        host=host or "",
+        port=r.get(t, "port", int, 993 if tls == "implicit" else 143, prefix),
+        tls=tls,
+        user=r.get(t, "user", str, "", prefix),
+        password=r.secret(t, prefix),
+        auth=r.get(t, "auth", str, "password", prefix),
+        token=Secret(command=r.get(t, "token_command", str, None, prefix)),
+        folder=r.get(t, "folder", str, "INBOX", prefix),
+        address=r.get(t, "address", str, "", prefix),
+        from_name=r.get(t, "from_name", str, "", prefix),
+        after=r.get(t, "after", str, "seen", prefix),
+        poll_interval=r.get(t, "poll_interval", float, 60.0, prefix),
+        idle=r.get(t, "idle", bool, True, prefix),
+        timeout=r.get(t, "timeout", float, 20.0, prefix),
+        batch_size=r.get(t, "batch_size", int, 100, prefix),
+    )
+    if "smtp" in t:
+        if isinstance(t["smtp"], dict):
+            mb.smtp = _smtp(r, t["smtp"], f"{prefix}smtp.")
+        else:
+            r.err(f"{prefix}smtp", "must be a table")
+    if mb.tls not in ("implicit", "starttls", "none"):
+        r.err(f"{prefix}tls", f"must be implicit, starttls or none, not {mb.tls!r}")
+    if mb.auth not in ("password", "xoauth2"):
+        r.err(f"{prefix}auth", f"must be password or xoauth2, not {mb.auth!r}")
+    if mb.auth == "xoauth2" and mb.token.command is None:
+        r.err(f"{prefix}token_command", "required when auth = \"xoauth2\"")
+    if not (mb.after in ("seen", "keep") or (mb.after.startswith("move:") and len(mb.after) > 5)):
+        r.err(f"{prefix}after", f"must be seen, keep or move:<folder>, not {mb.after!r}")
+    if not 0 < mb.port < 65536:
+        r.err(f"{prefix}port", "must be between 1 and 65535")
+    if mb.address and "@" not in mb.address:
+        r.err(f"{prefix}address", f"not an email address: {mb.address!r}")
+    if not mb.address and "@" in mb.user:
+        mb.address = mb.user
+    if mb.batch_size < 1:
+        r.err(f"{prefix}batch_size", "must be at least 1")
+    return mb
+
+
+def _hours_table(r: _Reader, t: dict, key: str, default: dict[str, float]) -> dict[str, float]:
+    out = dict(default)
+    v = t.get(key)
+    if v is None:
+        return out
+    if not isinstance(v, dict):
+        r.err(f"sla.{key}", "must be a table of priority = hours")
+        return out
+    for p, h in v.items():
+        if p not in PRIORITIES:
+            r.err(f"sla.{key}.{p}", f"unknown priority (one of {', '.join(PRIORITIES)})")
+        elif isinstance(h, bool) or not isinstance(h, int | float) or h <= 0:
+            r.err(f"sla.{key}.{p}", "must be a positive number of hours")
+        else:
+            out[p] = float(h)
+    return out
+
+
+TOP_KEYS = {"storage", "rules", "templates", "company", "customers", "tickets", "mailbox", "smtp", "staff",
+            "sla", "outbound", "logging", "routing", "attachments"}
+
+
+def load(path: str | os.PathLike | None = None) -> Config:
+    """Load and validate a config file; `None` means the embedded defaults (no mailboxes)."""
+    if path is None:
+        path = os.environ.get("MAILFLOW_CONFIG") or None
+    if path is None:
+        return apply_env(defaults())
+    p = Path(path).expanduser().resolve()
+    fname = str(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError([f"{fname}: -: cannot read: {e.strerror or e}"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError([f"{fname}: -: not UTF-8"]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{fname}: -: TOML syntax error: {e}"]) from None
+    return apply_env(from_dict(data, fname, p.parent, p))
+
+
+def defaults(base: Path | None = None) -> Config:
+    base = base or Path.cwd()
+    return Config(
+        path=None,
+        data_dir=Path(os.environ.get("MAILFLOW_DATA_DIR", str(base / "mailflow-data"))).resolve(),
+        rules_dir=resources.bundled_rules(),
+        templates_dir=resources.bundled_templates(),
+    )
+
+
+def from_dict(data: dict, fname: str, base: Path, path: Path | None = None) -> Config:
+    r = _Reader(fname)
+    r.unknown(data, TOP_KEYS, "")
+
+    def table(name: str) -> dict:
+        v = data.get(name, {})
+        if not isinstance(v, dict):
+            r.err(name, "must be a table")
+            return {}
+        return v
+
+    def resolve(p: str) -> Path:
+        q = Path(p).expanduser()
+        return (q if q.is_absolute() else base / q).resolve()
+
+    storage, rules, templates = table("storage"), table("rules"), table("templates")
+    company, customers, tickets = table("company"), table("customers"), table("tickets")
+    sla, outbound, logging_, routing = table("sla"), table("outbound"), table("logging"), table("routing")
+    attachments = table("attachments")
+    r.unknown(storage, {"data_dir"}, "storage.")
+    r.unknown(rules, {"dir"}, "rules.")
+    r.unknown(templates, {"dir", "default_locale"}, "templates.")
+    r.unknown(company, {"name"}, "company.")
+    r.unknown(customers, {"vip"}, "customers.")
+    r.unknown(tickets, {"prefix", "timezone"}, "tickets.")
+    r.unknown(sla, {"first_response_hours", "resolution_hours"}, "sla.")
+    r.unknown(logging_, {"level"}, "logging.")
+    r.unknown(routing, {"strategy", "escalation_chain"}, "routing.")
+    r.unknown(attachments, {"max_bytes"}, "attachments.")
+    r.unknown(outbound, {"ack_replies", "max_auto_per_hour", "max_auto_per_ticket", "retry_for_hours",
+                         "backoff_initial", "backoff_max", "trusted_authserv_ids", "hmac_key",
+                         "hmac_key_env", "hmac_key_file"}, "outbound.")
+
+    data_dir = r.get(storage, "data_dir", str, None, "storage.")
+    rules_dir = r.get(rules, "dir", str, None, "rules.")
+    tpl_dir = r.get(templates, "dir", str, None, "templates.")
+    cfg = Config(
+        path=path,
+        data_dir=resolve(data_dir) if data_dir else resolve("mailflow-data"),
+        rules_dir=resolve(rules_dir) if rules_dir else resources.bundled_rules(),
+        templates_dir=resolve(tpl_dir) if tpl_dir else resources.bundled_templates(),
+        default_locale=r.get(templates, "default_locale", str, "zh", "templates."),
+        company_name=r.get(company, "name", str, "Example Co.", "company."),
+        vip=r.get(customers, "vip", list, [], "customers."),
+        prefix=r.get(tickets, "prefix", str, "CW", "tickets."),
+        timezone=r.get(tickets, "timezone", str, "Asia/Shanghai", "tickets."),
+        first_response_hours=_hours_table(r, sla, "first_response_hours", DEFAULT_FIRST_RESPONSE_HOURS),
+        resolution_hours=_hours_table(r, sla, "resolution_hours", DEFAULT_RESOLUTION_HOURS),
+        attachment_max_bytes=r.get(attachments, "max_bytes", int, 10 * 1024 * 1024, "attachments."),
+        log_level=r.get(logging_, "level", str, "info", "logging."),
+        routing_strategy=r.get(routing, "strategy", str, "least_open", "routing."),
+        escalation_chain=r.get(routing, "escalation_chain", list, [], "routing."),
+    )
+    if rules_dir and not cfg.rules_dir.is_dir():
+        r.err("rules.dir", f"not a directory: {cfg.rules_dir}")
+    if tpl_dir and not cfg.templates_dir.is_dir():
+        r.err("templates.dir", f"not a directory: {cfg.templates_dir}")
+    if cfg.default_locale not in ("zh", "en"):
+        r.err("templates.default_locale", f"must be zh or en, not {cfg.default_locale!r}")
+    if not cfg.prefix.isalnum() or not cfg.prefix.isascii() or not cfg.prefix[:1].isalpha():
+        r.err("tickets.prefix", f"must be ASCII letters/digits starting with a letter, not {cfg.prefix!r}")
+    cfg.prefix = cfg.prefix.upper()
+    try:
+        ZoneInfo(cfg.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        r.err("tickets.timezone", f"unknown time zone {cfg.timezone!r}")
+    for i, v in enumerate(cfg.vip):
+        if not isinstance(v, str) or "@" not in v:
+            r.err(f"customers.vip[{i}]", f"not an address or @domain: {v!r}")
+    if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
+        r.err("logging.level", "must be debug, info, warning or error")
+    if cfg.routing_strategy not in ("least_open", "round_robin"):
+        r.err("routing.strategy", "must be least_open or round_robin")
+    if cfg.attachment_max_bytes < 0:
+        r.err("attachments.max_bytes", "must be >= 0")
+
+    ob = OutboundConfig(
+        ack_replies=r.get(outbound, "ack_replies", bool, False, "outbound."),
+        max_auto_per_hour=r.get(outbound, "max_auto_per_hour", int, 5, "outbound."),
+        max_auto_per_ticket=r.get(outbound, "max_auto_per_ticket", int, 10, "outbound."),
+        retry_for_hours=r.get(outbound, "retry_for_hours", float, 48.0, "outbound."),
+        backoff_initial=r.get(outbound, "backoff_initial", float, 30.0, "outbound."),
+        backoff_max=r.get(outbound, "backoff_max", float, 3600.0, "outbound."),
+        trusted_authserv_ids=r.get(outbound, "trusted_authserv_ids", list, [], "outbound."),
+        hmac_key=r.secret(outbound, "outbound.", "hmac_key"),
+    )
+    cfg.outbound = ob
+
+    mbs = data.get("mailbox", [])
+    if isinstance(mbs, dict):
+        mbs = [mbs]
+    if not isinstance(mbs, list):
+        r.err("mailbox", "must be an array of tables ([[mailbox]])")
+        mbs = []
+    names: set[str] = set()
+    for i, t in enumerate(mbs):
+        mb = _mailbox(r, t, i)
+        if mb is None:
+            continue
+        if mb.name in names:
+            r.err(f"mailbox[{i}].name", f"duplicate mailbox name {mb.name!r}")
+        names.add(mb.name)
+        cfg.mailboxes.append(mb)
+    if "smtp" in data:
+        cfg.smtp = _smtp(r, table("smtp"), "smtp.")
+
+    staff = data.get("staff", [])
+    if not isinstance(staff, list):
+        r.err("staff", "must be an array of tables ([[staff]])")
+        staff = []
+    seen: set[str] = set()
+    for i, t in enumerate(staff):
+        prefix = f"staff[{i}]."
+        if not isinstance(t, dict):
+            r.err(f"staff[{i}]", "must be a table")
+            continue
+        r.unknown(t, {"email", "name", "teams", "role"}, prefix)
+        email = r.get(t, "email", str, "", prefix).strip().lower()
+        if "@" not in email:
+            r.err(f"{prefix}email", "required: an email address")
+            continue
+        if email in seen:
+            r.err(f"{prefix}email", f"duplicate staff address {email}")
+        seen.add(email)
+        m = StaffMember(
+            email=email,
+            name=r.get(t, "name", str, email.split("@")[0], prefix),
+            teams=r.get(t, "teams", list, [], prefix),
+            role=r.get(t, "role", str, "agent", prefix),
+        )
+        if m.role not in ("agent", "lead", "manager"):
+            r.err(f"{prefix}role", f"must be agent, lead or manager, not {m.role!r}")
+        cfg.staff.append(m)
+    if r.problems:
+        raise ConfigError(r.problems)
+    return cfg
+
+
+def apply_env(cfg: Config) -> Config:
+    """MAILFLOW_DATA_DIR and MAILFLOW_LOG_LEVEL override the file (handy under systemd)."""
+    if os.environ.get("MAILFLOW_DATA_DIR"):
+        cfg.data_dir = Path(os.environ["MAILFLOW_DATA_DIR"]).resolve()
+    if os.environ.get("MAILFLOW_LOG_LEVEL"):
+        cfg.log_level = os.environ["MAILFLOW_LOG_LEVEL"]
+    return cfg

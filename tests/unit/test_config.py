@@ -1,0 +1,86 @@
+"""Config: fixed keys, relative paths, secrets, and `file: key: reason` errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from mailflow import config, resources
+
+
+def test_full_example_loads(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text((resources.PKG / "example.toml").read_text(encoding="utf-8"))
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "templates").mkdir()
+    c = config.load(p)
+    assert c.data_dir == (tmp_path / "data").resolve()
+    assert c.prefix == "CW" and c.timezone == "Asia/Shanghai"
+    assert c.is_vip("anyone@bigclient.example") and c.is_vip("BOSS@bigclient.example")
+    assert not c.is_vip("x@other.example")
+
+
+def test_mailboxes_staff_and_secrets(tmp_path, monkeypatch):
+    p = tmp_path / "c.toml"
+    (tmp_path / "pw").write_text("from-file\n")
+    p.write_text('''
+[[mailbox]]
+name = "a"
+host = "imap.example"
+user = "a@example.com"
+password_env = "MF_PW"
+after = "move:Done"
+[[mailbox]]
+name = "b"
+host = "imap.example"
+tls = "starttls"
+password_file = "pw"
+[mailbox.smtp]
+host = "smtp.b.example"
+[smtp]
+host = "smtp.example"
+password = "s3cret"
+[[staff]]
+email = "Alice@Example.com"
+teams = ["tech"]
+role = "lead"
+''')
+    monkeypatch.setenv("MF_PW", "from-env")
+    c = config.load(p)
+    a, b = c.mailboxes
+    assert a.password.get() == "from-env" and a.address == "a@example.com" and a.port == 993
+    assert b.port == 143 and c.mailboxes[1].smtp.host == "smtp.b.example"
+    assert c.smtp_for("a").host == "smtp.example" and c.smtp_for("b").host == "smtp.b.example"
+    assert "s3cret" not in repr(c)
+    assert c.staff[0].email == "alice@example.com" and c.staff[0].name == "alice"
+
+
+def test_errors_name_file_and_key(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('''
+colour = "blue"
+[tickets]
+prefix = 7
+[sla]
+first_response_hours = { urgent = -1, asap = 2 }
+[[mailbox]]
+host = "x"
+port = 70000
+auth = "xoauth2"
+[[staff]]
+name = "nobody"
+''')
+    with pytest.raises(config.ConfigError) as e:
+        config.load(p)
+    text = "\n".join(e.value.problems)
+    for key in ("colour: unknown key", "tickets.prefix: expected str", "sla.first_response_hours.urgent",
+                "sla.first_response_hours.asap", "mailbox[0].name: required", "mailbox[0].port",
+                "mailbox[0].token_command", "staff[0].email"):
+        assert f"{p}: {key}" in text, key
+
+
+def test_toml_syntax_error_is_reported(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[storage\n")
+    with pytest.raises(config.ConfigError) as e:
+        config.load(p)
+    assert str(p) in e.value.problems[0] and "TOML" in e.value.problems[0]

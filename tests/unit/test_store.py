@@ -1,0 +1,134 @@
+"""The ticket store: atomic writes, batching, rollback, ids that never repeat, archives."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailflow.store import Store, StoreError, iso
+
+
+def _ticket(tid: str, **kw) -> dict:
+    return {"id": tid, "status": "new", "customer_email": "a@b.example", "created_at": iso(datetime.now(UTC)),
+            **kw}
+
+
+def test_batch_writes_once_and_survives_reopen(tmp_path):
+    s = Store(tmp_path)
+    with s.batch():
+        for i in range(50):
+            tid = s.next_ticket_id("CW", "20261123")
+            s.add_ticket(_ticket(tid))
+            s.add_message({"ticket_id": tid, "message_id": f"m{i}@x", "hash": f"h{i}", "direction": "in"})
+        assert not s.db_path.exists() or json.loads(s.db_path.read_bytes()).get("tickets") is None
+    data = json.loads(s.db_path.read_bytes())
+    assert len(data["tickets"]) == 50
+    s2 = Store(tmp_path)
+    assert s2.ticket("CW202611230050") is not None
+    assert s2.ticket_of_message_id("m3@x") == "CW202611230004"
+    assert s2.already_seen("m3@x", "h3") and not s2.already_seen("m3@x", "other")
+
+
+def test_failed_batch_leaves_disk_untouched(tmp_path):
+    s = Store(tmp_path)
+    with s.batch():
+        s.add_ticket(_ticket("CW202611230001"))
+    with pytest.raises(RuntimeError), s.batch():
+        s.add_ticket(_ticket("CW202611230002"))
+        raise RuntimeError("boom")
+    assert s.ticket("CW202611230002") is None
+    assert Store(tmp_path).ticket("CW202611230002") is None
+
+
+def test_savepoint_undoes_one_message_only(tmp_path):
+    s = Store(tmp_path)
+    with s.batch():
+        s.add_ticket(_ticket("CW202611230001"))
+        with pytest.raises(ValueError), s.savepoint():
+            s.add_ticket(_ticket("CW202611230002"))
+            s.update_ticket("CW202611230001", {"status": "open"})
+            raise ValueError("half done")
+        s.add_ticket(_ticket("CW202611230003"))
+    s2 = Store(tmp_path)
+    assert s2.ticket("CW202611230002") is None
+    assert s2.ticket("CW202611230001")["status"] == "new"
+    assert s2.ticket("CW202611230003") is not None
+
+
+def test_change_outside_batch_is_refused(tmp_path):
+    with pytest.raises(StoreError):
+        Store(tmp_path).add_ticket(_ticket("CW202611230001"))
+
+
+def test_serial_widens_past_9999(tmp_path):
+    s = Store(tmp_path)
+    with s.batch():
+        s.set_meta("serial:CW:20261123", 9998)
+        ids = [s.next_ticket_id("CW", "20261123") for _ in range(3)]
+    assert ids == ["CW202611239999", "CW2026112310000", "CW2026112310001"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.sampled_from(["20261122", "20261123", "20261231"]), min_size=1, max_size=40))
+def test_ticket_ids_never_repeat(tmp_path_factory, days):
+    s = Store(tmp_path_factory.mktemp("ids"))
+    seen = set()
+    for chunk in (days[: len(days) // 2], days[len(days) // 2:]):
+        with s.batch():
+            for d in chunk:
+                tid = s.next_ticket_id("CW", d)
+                s.add_ticket(_ticket(tid))
+                assert tid not in seen
+                seen.add(tid)
+        s = Store(s.dir)  # reopen between batches, as after a restart
+
+
+def test_torn_write_is_impossible(tmp_path):
+    """The file on disk is always the old or the new complete JSON: no temp file left behind."""
+    s = Store(tmp_path)
+    with s.batch():
+        s.add_ticket(_ticket("CW202611230001"))
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    json.loads(s.db_path.read_bytes())
+
+
+def _writer(path, n, prefix):
+    s = Store(path)
+    for _ in range(n):
+        with s.batch():
+            s.add_ticket(_ticket(s.next_ticket_id(prefix, "20261123")))
+
+
+def test_two_processes_never_corrupt_each_other(tmp_path):
+    ps = [multiprocessing.Process(target=_writer, args=(tmp_path, 40, "CW")) for _ in range(2)]
+    for p in ps:
+        p.start()
+    for p in ps:
+        p.join(60)
+    s = Store(tmp_path)
+    assert len(s.all_tickets()) == 80
+    assert len({t["id"] for t in s.all_tickets()}) == 80
+
+
+def test_archive_moves_old_closed_tickets_and_keeps_threading(tmp_path):
+    s = Store(tmp_path)
+    old = iso(datetime.now(UTC) - timedelta(days=60))
+    with s.batch():
+        s.add_ticket(_ticket("CW202609010001", status="closed", closed_at=old, created_at=old))
+        s.add_message({"ticket_id": "CW202609010001", "message_id": "old@x", "hash": "h", "direction": "in"})
+        s.add_ticket(_ticket("CW202611230001"))
+        assert s.archive(30) == 1
+    s2 = Store(tmp_path)
+    assert s2.ticket("CW202609010001") is None
+    assert s2.ticket_of_message_id("old@x") == "CW202609010001"
+    assert (tmp_path / "archive").glob("*.jsonl")
+    with s2.batch():  # an archived id is never handed out again
+        s2.set_meta("serial:CW:20260901", 0)
+        assert s2.next_ticket_id("CW", "20260901") == "CW202609010002"
+    assert os.path.getsize(s2.db_path) > 0
