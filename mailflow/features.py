@@ -1,0 +1,204 @@
+"""Computed features that rules can test: the tone of a message and the staff it names.
+
+Both are plain functions of the text, cheap (well under a millisecond for a 2 KB mail),
+deterministic and free of I/O.
+
+`sentiment(text)` -> float in -1..1
+    Lexicon based, Chinese (simplified and traditional) and English. Each lexicon hit has a weight
+    (about -3..+3; words that only describe a problem, like "故障" or "crash", weigh little: tone is
+    about how the customer feels, not what broke); an intensifier just before it ("非常", "太",
+    "very", "extremely") multiplies it by 1.5; a negator just before it ("不", "没有", "並不", "not",
+    "never", "don't") flips it: a negated positive word counts as negative ("不太满意", "not happy"),
+    a negated negative word as mildly positive ("不差", "not bad"). Whole phrases win over their
+    parts ("不满意" is one negative hit, not a negated "满意"; "不错" is positive). The sum is
+    squashed into -1..1 with ``s / sqrt(s*s + 15)``, so one strongly negative word gives about
+    -0.6 and a single mild one about -0.35. The bundled rules raise the priority at ``sentiment <= -0.5``.
+
+`mentioned_staff(text, staff)` -> set of staff emails
+    A staff member is mentioned when their display name, their email address, or the local part of
+    the address (only if it has at least 3 characters) appears in the text, case-insensitively.
+    Latin names and local parts must stand as whole words ("al" does not match "also", "alice"
+    matches "Alice说..."); Chinese names match as substrings ("王芳" in "客服王芳态度很差").
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from functools import lru_cache
+
+from mailflow.config import StaffMember
+
+# ---- sentiment lexicon --------------------------------------------------------------------------
+
+_ZH_NEG = {
+    # complaint vocabulary and strong words (simplified / traditional)
+    "不满意": -2.5, "不滿意": -2.5, "不满": -2.0, "不滿": -2.0, "失望": -2.5, "垃圾": -3.0,
+    "糟糕": -2.5, "非常差": -3.0, "特别差": -3.0, "特別差": -3.0, "极差": -3.0, "極差": -3.0,
+    "真差": -2.5, "好差": -2.5, "差劲": -2.5, "差勁": -2.5, "太差": -2.5, "很差": -2.5, "最差": -3.0,
+    "差评": -2.0, "差評": -2.0, "愤怒": -3.0, "憤怒": -3.0, "生气": -2.5, "生氣": -2.5,
+    "气愤": -3.0, "氣憤": -3.0, "恶心": -3.0, "惡心": -3.0, "噁心": -3.0, "骗子": -3.0,
+    "騙子": -3.0, "欺骗": -3.0, "欺騙": -3.0, "坑人": -3.0, "无语": -2.0, "無語": -2.0,
+    "投诉": -1.0, "投訴": -1.0, "烦死": -2.5, "煩死": -2.5, "很烦": -2.0, "很煩": -2.0,
+    "太慢": -2.0, "很慢": -1.5, "敷衍": -2.5, "恶劣": -3.0, "惡劣": -3.0, "无法接受": -3.0,
+    "無法接受": -3.0, "不能接受": -3.0, "忍无可忍": -3.0, "忍無可忍": -3.0, "难用": -2.0,
+    "難用": -2.0, "着急": -1.5, "著急": -1.5, "急死": -2.5, "后悔": -2.0, "後悔": -2.0,
+    "上当": -2.5, "上當": -2.5, "再也不": -2.0, "离谱": -2.5, "離譜": -2.5, "过分": -2.0,
+    "過分": -2.0, "不负责任": -3.0, "不負責任": -3.0, "态度差": -2.5, "態度差": -2.5,
+    "粗鲁": -2.5, "粗魯": -2.5, "冷漠": -2.0, "崩溃": -0.5, "崩潰": -0.5, "瘫痪": -0.5,
+    "癱瘓": -0.5, "丢失": -0.5, "丟失": -0.5, "损失": -1.5, "損失": -1.5, "退款": -0.5,
+    "问题": -0.3, "問題": -0.3, "故障": -0.5, "坏了": -0.75, "壞了": -0.75,
+}
+_ZH_POS = {
+    "满意": 2.0, "滿意": 2.0, "感谢": 1.5, "感謝": 1.5, "谢谢": 1.0, "謝謝": 1.0, "多谢": 1.0,
+    "多謝": 1.0, "好评": 2.0, "好評": 2.0, "表扬": 2.0, "表揚": 2.0, "点赞": 2.0, "點讚": 2.0,
+    "点个赞": 2.0, "赞": 1.5, "讚": 1.5, "棒": 2.0, "很好": 2.0, "不错": 1.5, "不錯": 1.5,
+    "专业": 1.5, "專業": 1.5, "耐心": 1.5, "及时": 1.5, "及時": 1.5, "高效": 1.5, "贴心": 2.0,
+    "貼心": 2.0, "周到": 2.0, "优秀": 2.5, "優秀": 2.5, "完美": 3.0, "喜欢": 2.0, "喜歡": 2.0,
+    "开心": 2.0, "開心": 2.0, "高兴": 2.0, "高興": 2.0, "辛苦了": 1.5, "给力": 2.0, "給力": 2.0,
+    "好用": 1.5, "方便": 1.0, "解决了": 1.5, "解決了": 1.5, "热情": 1.5, "熱情": 1.5,
+}
+_EN_NEG = {
+    "terrible": -3.0, "awful": -3.0, "horrible": -3.0, "worst": -3.0, "disgusting": -3.0,
+    "unacceptable": -3.0, "furious": -3.0, "outraged": -3.0, "angry": -2.5, "ridiculous": -2.5,
+    "pathetic": -3.0, "useless": -2.5, "disappointed": -2.5, "disappointing": -2.5,
+    "frustrated": -2.0, "frustrating": -2.0, "annoyed": -2.0, "annoying": -2.0, "upset": -2.0,
+    "unhappy": -2.0, "poor": -1.5, "bad": -1.5, "rude": -2.5, "scam": -3.0, "fraud": -3.0,
+    "waste": -2.0, "hate": -3.0, "never again": -2.5, "complaint": -1.0, "complain": -1.0,
+    "broken": -0.5, "failed": -0.5, "fails": -0.5, "failure": -0.5, "crash": -0.5,
+    "crashes": -0.5, "doesn't work": -0.75, "does not work": -0.75, "not working": -0.75,
+    "slow": -1.0, "unprofessional": -2.5, "ignored": -2.0, "lost": -0.5, "refund": -0.5,
+    "problem": -0.3, "issue": -0.3, "wrong": -1.0, "sucks": -3.0, "fed up": -2.5,
+}
+_EN_POS = {
+    "great": 2.0, "excellent": 3.0, "amazing": 3.0, "awesome": 3.0, "wonderful": 3.0,
+    "fantastic": 3.0, "good": 1.5, "nice": 1.5, "happy": 2.0, "satisfied": 2.0, "pleased": 2.0,
+    "thank": 1.0, "thanks": 1.0, "thank you": 1.5, "appreciate": 2.0, "appreciated": 2.0,
+    "helpful": 2.0, "love": 2.5, "perfect": 3.0, "quick": 1.0, "fast": 1.0, "friendly": 2.0,
+    "professional": 1.5, "resolved": 1.0, "kudos": 2.5, "well done": 2.5, "great job": 3.0,
+    "patient": 1.5, "impressed": 2.5, "recommend": 1.5, "smooth": 1.5,
+}
+_ZH_INTENS = ("非常", "很", "太", "特别", "特別", "十分", "极其", "極其", "超级", "超級", "真", "好", "巨")
+_EN_INTENS = ("very", "really", "extremely", "so", "totally", "absolutely", "incredibly", "super")
+_ZH_NEGATORS = ("不", "没", "沒", "未", "别", "別", "毫无", "毫無", "并非", "並非")
+_EN_NEGATORS = frozenset({"not", "no", "never", "hardly", "barely", "without", "nor", "isn't",
+                          "wasn't", "aren't", "don't", "doesn't", "didn't", "can't", "cannot",
+                          "won't", "couldn't", "wouldn't", "haven't", "hasn't", "neither"})
+
+_ZH_TERMS: dict[str, float] = {**_ZH_NEG, **_ZH_POS}
+_EN_TERMS: dict[str, float] = {**_EN_NEG, **_EN_POS}  # one to three words
+# A plain alternation of literals (longest first, so a phrase wins over its parts): re's fast path.
+_ZH_LEXICON = re.compile("|".join(re.escape(t) for t in sorted(_ZH_TERMS, key=len, reverse=True)))
+_ZH_STOP = re.compile(r"[，,。.!！?？;；:：、\s]")
+_EN_TOKEN = re.compile(r"[a-z]+(?:'[a-z]+)?|[.,!?;:。，！？；\n]")
+_LATIN = re.compile("[a-z]")
+
+
+def _zh_score(low: str) -> float:
+    total = 0.0
+    floor = 0
+    for m in _ZH_LEXICON.finditer(low):
+        w = _ZH_TERMS[m.group(0)]
+        # look just before the hit (never into the previous hit or past punctuation)
+        window = low[max(floor, m.start() - 4):m.start()]
+        stops = list(_ZH_STOP.finditer(window))
+        if stops:
+            window = window[stops[-1].end():]
+        if any(window.endswith(x) for x in _ZH_INTENS):
+            w *= 1.5
+        if any(n in window for n in _ZH_NEGATORS):
+            w = -0.8 * w if w > 0 else -0.4 * w
+        total += w
+        floor = m.end()
+    return total
+
+
+def _en_score(low: str) -> float:
+    tokens = _EN_TOKEN.findall(low)
+    total = 0.0
+    since = 0  # first token after the last punctuation or lexicon hit
+    i, n = 0, len(tokens)
+    while i < n:
+        t = tokens[i]
+        if not t[0].isalpha():
+            since = i + 1
+            i += 1
+            continue
+        w = None
+        size = 1
+        for size in (3, 2, 1):  # the longest phrase starting here wins
+            if i + size <= n:
+                w = _EN_TERMS.get(" ".join(tokens[i:i + size]) if size > 1 else t)
+                if w is not None:
+                    break
+        if w is None:
+            i += 1
+            continue
+        window = tokens[max(since, i - 3):i]
+        if window and window[-1] in _EN_INTENS:
+            w *= 1.5
+        if any(x in _EN_NEGATORS or x.endswith("n't") for x in window):
+            w = -0.8 * w if w > 0 else -0.4 * w
+        total += w
+        i += size
+        since = i
+    return total
+
+
+def sentiment(text: str) -> float:
+    """Tone of `text` in -1 (very negative) .. 1 (very positive); 0.0 for neutral or empty text."""
+    if not text:
+        return 0.0
+    low = text.casefold().replace("\u2019", "'").replace("\u2018", "'")
+    total = _zh_score(low) + (_en_score(low) if _LATIN.search(low) else 0.0)
+    score = total / math.sqrt(total * total + 15.0)
+    return max(-1.0, min(1.0, round(score, 4)))
+
+
+# ---- staff mentions -----------------------------------------------------------------------------
+
+_WORD_CHAR = re.compile(r"[a-z0-9_]")
+
+
+def _found(low: str, needle: str, whole_word: bool) -> bool:
+    """Is `needle` in `low` (both casefolded), as a whole word if asked (ASCII letters/digits)?"""
+    start = low.find(needle)
+    while start >= 0:
+        if not whole_word:
+            return True
+        end = start + len(needle)
+        before = low[start - 1] if start else ""
+        after = low[end] if end < len(low) else ""
+        if not (before and _WORD_CHAR.match(before)) and not (after and _WORD_CHAR.match(after)):
+            return True
+        start = low.find(needle, start + 1)
+    return False
+
+
+@lru_cache(maxsize=64)
+def _staff_needles(key: tuple[tuple[str, str], ...]) -> tuple[tuple[str, tuple[tuple[str, bool], ...]], ...]:
+    """Per staff email: (needle, whole_word) pairs, casefolded and whitespace-normalised."""
+    out = []
+    for email, name in key:
+        needles: list[tuple[str, bool]] = []
+        if email:
+            needles.append((email.casefold(), False))  # a full address always counts
+            local = email.split("@", 1)[0].casefold()
+            if len(local) >= 3:
+                needles.append((local, local.isascii()))
+        name = " ".join(name.casefold().split())
+        if len(name) >= 2:
+            needles.append((name, name.isascii()))
+        if needles:
+            out.append((email, tuple(needles)))
+    return tuple(out)
+
+
+def mentioned_staff(text: str, staff: list[StaffMember]) -> set[str]:
+    """Emails of the staff members whose name, address or address local part appears in `text`."""
+    if not text or not staff:
+        return set()
+    low = " ".join(text.casefold().split())
+    key = tuple((m.email.strip().lower(), (m.name or "").strip()) for m in staff)
+    return {email for email, needles in _staff_needles(key)
+            if any(_found(low, needle, whole) for needle, whole in needles)}
