@@ -1,0 +1,468 @@
+"""The `mailflow` command: init, check, run, ingest, demo, simulate, tickets, quarantine, outbox, status."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from mailflow import config as config_mod
+from mailflow import resources
+from mailflow.store import OPEN_STATUSES, Store, iso, utcnow
+
+log = logging.getLogger("mailflow")
+
+
+class _Redact(logging.Filter):
+    """Belt and braces: a log line never carries a configured password."""
+
+    secrets: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            msg = record.getMessage()
+            for s in self.secrets:
+                if s and s in msg:
+                    record.msg, record.args = msg.replace(s, "***"), ()
+        return True
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not sys.stderr.isatty() and "JOURNAL_STREAM" not in __import__("os").environ:
+        fmt = "%(asctime)s " + fmt
+    handler.setFormatter(logging.Formatter(fmt))
+    handler.addFilter(_Redact())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+class Ctx:
+    def __init__(self, config_path: str | None, log_level: str | None):
+        self.config_path = config_path
+        self.log_level = log_level
+        self._cfg: config_mod.Config | None = None
+
+    @property
+    def cfg(self) -> config_mod.Config:
+        if self._cfg is None:
+            try:
+                self._cfg = config_mod.load(self.config_path)
+            except config_mod.ConfigError as e:
+                for p in e.problems:
+                    click.echo(p, err=True)
+                sys.exit(2)
+            setup_logging(self.log_level or self._cfg.log_level)
+            _Redact.secrets = [mb.password.value or "" for mb in self._cfg.mailboxes]
+        return self._cfg
+
+    def store(self) -> Store:
+        return Store(self.cfg.data_dir)
+
+    def pipeline(self):
+        from mailflow.daemon import load_all
+        from mailflow.pipeline import Pipeline
+
+        try:
+            rules, templates = load_all(self.cfg)
+        except Exception as e:
+            for p in getattr(e, "problems", [str(e)]):
+                click.echo(p, err=True)
+            sys.exit(2)
+        return Pipeline(self.cfg, self.store(), rules, templates)
+
+
+@click.group()
+@click.option("--config", "config_path", envvar="MAILFLOW_CONFIG", type=click.Path(dir_okay=False),
+              help="TOML config file (default: $MAILFLOW_CONFIG, else the embedded defaults).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
+@click.version_option(package_name="mailflow")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, log_level: str | None) -> None:
+    """mailflow: a support team's customer-feedback loop over plain email."""
+    ctx.obj = Ctx(config_path, log_level)
+
+
+# ---- init / check -----------------------------------------------------------------------------
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite an existing config.")
+def init(directory: str, force: bool) -> None:
+    """Write DIR/mailflow.toml (data inside DIR) plus copies of the bundled rules and templates."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    cfg_path = d / "mailflow.toml"
+    if cfg_path.exists() and not force:
+        raise click.ClickException(f"{cfg_path} exists (use --force to overwrite)")
+    text = (resources.PKG / "example.toml").read_text(encoding="utf-8")
+    cfg_path.write_text(text, encoding="utf-8")
+    for name, src in (("rules", resources.bundled_rules()), ("templates", resources.bundled_templates())):
+        dst = d / name
+        if not dst.exists():
+            shutil.copytree(src, dst)
+    (d / "data").mkdir(exist_ok=True)
+    click.echo(f"wrote {cfg_path}, {d / 'rules'}/, {d / 'templates'}/")
+    click.echo(f"next: edit it, then `mailflow --config {cfg_path} check`")
+
+
+@main.command()
+@click.pass_obj
+def check(obj: Ctx) -> None:
+    """Validate the config, compile every rule file and render every template; exit 1 on any error."""
+    from mailflow.render import check_templates
+    from mailflow.rules import check_rules
+
+    try:
+        cfg = config_mod.load(obj.config_path)
+    except config_mod.ConfigError as e:
+        for p in e.problems:
+            click.echo(p, err=True)
+        sys.exit(1)
+    problems = [*check_rules(cfg.rules_dir), *check_templates(cfg.templates_dir)]
+    for p in problems:
+        click.echo(p, err=True)
+    if problems:
+        sys.exit(1)
+    click.echo(f"ok: config {obj.config_path or '(embedded defaults)'}, {len(cfg.mailboxes)} mailbox(es), "
+               f"rules {cfg.rules_dir}, templates {cfg.templates_dir}")
+
+
+# ---- running ----------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--once", is_flag=True, help="One pass over every mailbox and the outbox, then exit.")
+@click.pass_obj
+def run(obj: Ctx, once: bool) -> None:
+    """Fetch, process and answer mail (IDLE where offered, polling otherwise)."""
+    cfg = obj.cfg
+    if once:
+        sys.exit(run_once(obj))
+    from mailflow.daemon import Daemon
+
+    try:
+        d = Daemon(cfg, obj.config_path)
+    except Exception as e:
+        for p in getattr(e, "problems", [str(e)]):
+            click.echo(p, err=True)
+        click.echo("refusing to start: fix the errors above (`mailflow check` lists them all)", err=True)
+        sys.exit(2)
+    sys.exit(asyncio.run(d.main()))
+
+
+def run_once(obj: Ctx) -> int:
+    from mailflow.fetch import FetchError
+    from mailflow.mailboxes import MailboxWorker
+
+    p = obj.pipeline()
+    failed = 0
+    for mb in obj.cfg.mailboxes:
+        w = MailboxWorker(mb, p)
+        try:
+            s = w.poll()
+            click.echo(f"{mb.name}: {s.fetched} fetched, {s.new} new tickets, {s.quarantined} quarantined")
+        except FetchError as e:
+            failed += 1
+            w.record_error(e)
+            click.echo(f"{mb.name}: {e}", err=True)
+        finally:
+            w.close()
+    stats = asyncio.run(p.outbox.flush())
+    line = f"outbox: {stats.sent} sent, {stats.temp} temporary failures, {stats.perm} failed, {stats.queued} queued"
+    if stats.no_smtp:
+        line += f" ({stats.no_smtp} waiting: no [smtp] configured)"
+    click.echo(line)
+    return 0
+
+
+def _ingest(obj: Ctx, paths: list[Path]) -> list:
+    from mailflow.pipeline import Incoming, read_paths
+
+    p = obj.pipeline()
+    items = [Incoming(raw) for _label, raw in read_paths(paths)]
+    results = []
+    for i in range(0, len(items), 100):
+        results += p.process(items[i:i + 100])
+    return results
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.pass_obj
+def ingest(obj: Ctx, paths: tuple[Path, ...]) -> None:
+    """Run the pipeline on local .eml files, mbox files or Maildir folders."""
+    results = _ingest(obj, list(paths))
+    for r in results:
+        click.echo(f"{r.kind:12} {r.ticket_id or '-':16} {r.reason}")
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.kind] = counts.get(r.kind, 0) + 1
+    click.echo(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "nothing to ingest")
+
+
+@main.command()
+@click.pass_obj
+@click.pass_context
+def demo(ctx: click.Context, obj: Ctx) -> None:
+    """Ingest the bundled sample mails (no mail server needed) and list the tickets they made."""
+    samples = sorted(resources.samples().glob("*.eml"))
+    click.echo(f"data directory: {obj.cfg.data_dir}")
+    click.echo(f"ingesting {len(samples)} sample mails from {resources.samples()}")
+    for r in _ingest(obj, samples):
+        click.echo(f"  {r.kind:12} {r.ticket_id or '-':16} {r.reason}")
+    ctx.invoke(tickets_list, status=None, as_json=False)
+    click.echo(f"outbox: {len(_outbox_rows(obj))} mails rendered and queued (see `mailflow outbox list`; "
+               "they go out once [smtp] is configured)")
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def simulate(obj: Ctx, files: tuple[Path, ...], as_json: bool) -> None:
+    """Show what mailflow would do with each mail, without touching the database or sending."""
+    from mailflow.simulate import simulate_files
+
+    out = simulate_files(obj.pipeline(), list(files))
+    if as_json:
+        click.echo(json.dumps(out, ensure_ascii=False, indent=2, default=str))
+        return
+    for r in out:
+        click.echo(f"== {r['file']}")
+        for k in ("route", "ticket_id", "category", "priority", "team", "assignee", "tags", "error"):
+            if r.get(k) not in (None, [], ""):
+                click.echo(f"  {k}: {r[k]}")
+        feats = r.get("features") or {}
+        if feats:
+            click.echo("  features: " + ", ".join(f"{k}={v}" for k, v in feats.items()))
+        for s, n in r.get("fired", []):
+            click.echo(f"  fired: {s}/{n}")
+        for m in r.get("mails", []):
+            click.echo(f"  would send: {m['template']} to {', '.join(m['to'])}: {m['subject']}")
+
+
+# ---- tickets ----------------------------------------------------------------------------------
+
+def _ticket_summary(t: dict, store: Store) -> dict:
+    return {
+        "id": t["id"], "status": t.get("status"), "category": t.get("category"), "priority": t.get("priority"),
+        "customer_email": t.get("customer_email"), "subject": t.get("subject"), "created_at": t.get("created_at"),
+        "message_count": sum(1 for m in store.messages_of(t["id"])),
+        "team": t.get("team"), "assignee": t.get("assignee"), "tags": t.get("tags", []),
+        "updated_at": t.get("updated_at"), "locale": t.get("locale"), "mailbox": t.get("mailbox"),
+    }
+
+
+@main.group()
+def tickets() -> None:
+    """List and show tickets."""
+
+
+@tickets.command("list")
+@click.option("--status", type=click.Choice(["new", "open", "pending", "resolved", "closed"]))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def tickets_list(obj: Ctx, status: str | None, as_json: bool) -> None:
+    store = obj.store()
+    rows = [_ticket_summary(t, store) for t in sorted(store.all_tickets(), key=lambda t: t["id"])
+            if status is None or t.get("status") == status]
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    if not rows:
+        click.echo("no tickets")
+        return
+    click.echo(f"{'ID':16} {'STATUS':8} {'PRIORITY':8} {'CATEGORY':10} {'TEAM':18} {'MSGS':>4}  CUSTOMER / SUBJECT")
+    for r in rows:
+        click.echo(f"{r['id']:16} {r['status']:8} {r['priority'] or '-':8} {r['category'] or '-':10} "
+                   f"{r['team'] or '-':18} {r['message_count']:>4}  {r['customer_email']}: {r['subject']}")
+
+
+@tickets.command("show")
+@click.argument("ticket_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def tickets_show(obj: Ctx, ticket_id: str, as_json: bool) -> None:
+    store = obj.store()
+    t = store.ticket(ticket_id.upper())
+    if t is None:
+        raise click.ClickException(f"no ticket {ticket_id}")
+    msgs = sorted(store.messages_of(t["id"]), key=lambda m: m.get("received_at") or "")
+    out = _ticket_summary(t, store)
+    out.update({k: t.get(k) for k in ("sla", "rules_fired", "events", "rating", "participants",
+                                      "first_response_at", "resolved_at", "closed_at", "customer_name")})
+    out["messages"] = [{"direction": m["direction"], "from": m["from"], "to": m.get("to", []),
+                        "date": m.get("date"), "subject": m.get("subject"), "text": m.get("text", ""),
+                        "kind": m.get("kind"), "message_id": m["message_id"],
+                        "attachments": m.get("attachments", [])} for m in msgs]
+    if as_json:
+        click.echo(json.dumps(out, ensure_ascii=False, indent=2))
+        return
+    click.echo(f"{out['id']}  [{out['status']}] {out['subject']}")
+    click.echo(f"customer: {out['customer_name'] or ''} <{out['customer_email']}>")
+    click.echo(f"category: {out['category']}  priority: {out['priority']}  team: {out['team']}  "
+               f"assignee: {out['assignee']}  tags: {', '.join(out['tags']) or '-'}")
+    sla = out.get("sla") or {}
+    click.echo(f"first response due: {sla.get('first_response_due')}  resolution due: {sla.get('resolution_due')}")
+    for m in out["messages"]:
+        arrow = "<-" if m["direction"] == "in" else "->"
+        click.echo(f"\n{arrow} {m['date']}  {m['from']}  ({m['kind']})\n   {m['subject']}")
+        for line in (m["text"] or "").splitlines()[:40]:
+            click.echo(f"   | {line}")
+        for a in m["attachments"]:
+            click.echo(f"   [attachment] {a['filename']} ({a['size']} bytes){' ' + a['skipped'] if a.get('skipped') else ''}")
+    if out.get("events"):
+        click.echo("\nhistory:")
+        for e in out["events"]:
+            click.echo(f"  {e['at']}  {e['kind']}: {e['detail']}")
+
+
+# ---- quarantine -------------------------------------------------------------------------------
+
+@main.group()
+def quarantine() -> None:
+    """Mail that could not be processed: list, show, replay."""
+
+
+@quarantine.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include replayed items.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def quarantine_list(obj: Ctx, show_all: bool, as_json: bool) -> None:
+    items = [q for q in obj.store().quarantined() if show_all or q.get("status") == "held"]
+    if as_json:
+        click.echo(json.dumps(items, ensure_ascii=False, indent=2))
+        return
+    if not items:
+        click.echo("quarantine is empty")
+    for q in items:
+        click.echo(f"{q['qid']:>5}  {q['at']}  {q.get('mailbox') or 'ingest'}:{q.get('uid') or '-'}  "
+                   f"{q['status']}  {q['reason']}")
+
+
+@quarantine.command("show")
+@click.argument("qid")
+@click.option("--raw", is_flag=True, help="Print the raw message.")
+@click.pass_obj
+def quarantine_show(obj: Ctx, qid: str, raw: bool) -> None:
+    store = obj.store()
+    q = store.quarantine_item(qid)
+    if q is None:
+        raise click.ClickException(f"no quarantined item {qid}")
+    data = (store.dir / "spool" / q["spool"]).read_bytes() if q.get("spool") else b""
+    if raw:
+        sys.stdout.buffer.write(data)
+        return
+    for k in ("qid", "at", "status", "mailbox", "uid", "reason", "spool", "size"):
+        click.echo(f"{k}: {q.get(k)}")
+    head = data.split(b"\n\n", 1)[0].decode("utf-8", "replace")
+    click.echo("headers:\n" + "\n".join("  " + h for h in head.splitlines()[:30]))
+
+
+@quarantine.command("replay")
+@click.argument("qid")
+@click.pass_obj
+def quarantine_replay(obj: Ctx, qid: str) -> None:
+    """Process a quarantined message again (after fixing rules, templates or the code)."""
+    from mailflow.pipeline import Incoming
+
+    p = obj.pipeline()
+    q = p.store.quarantine_item(qid)
+    if q is None:
+        raise click.ClickException(f"no quarantined item {qid}")
+    raw = (p.store.dir / "spool" / q["spool"]).read_bytes()
+    with p.store.batch():
+        [r] = p.process([Incoming(raw, q.get("mailbox"), q.get("uid"), q["spool"])])
+        if r.kind != "quarantined":
+            p.store.update_quarantine(qid, {"status": "replayed", "replayed_at": iso(utcnow()),
+                                            "result": f"{r.kind} {r.ticket_id or ''}".strip()})
+    click.echo(f"{r.kind} {r.ticket_id or ''} {r.reason}".strip())
+    if r.kind == "quarantined":
+        sys.exit(1)
+
+
+# ---- outbox -----------------------------------------------------------------------------------
+
+def _outbox_rows(obj: Ctx) -> list[dict]:
+    store = obj.store()
+    return [dict(r, row=k) for k, r in sorted(store.outbox_rows().items(), key=lambda kv: int(kv[0]))]
+
+
+@main.group()
+def outbox() -> None:
+    """Queued, sent and failed outgoing mail."""
+
+
+@outbox.command("list")
+@click.option("--status", type=click.Choice(["queued", "sent", "failed"]))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def outbox_list(obj: Ctx, status: str | None, as_json: bool) -> None:
+    rows = [r for r in _outbox_rows(obj) if status is None or r["status"] == status]
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    if not rows:
+        click.echo("outbox is empty")
+    for r in rows:
+        click.echo(f"{r['row']:>6} {r['status']:7} {r['ticket_id']:16} {r['template']:13} "
+                   f"{','.join(r['to'])}  tries={r['attempts']}  {r['last_error'] or ''}")
+
+
+@outbox.command("retry")
+@click.argument("row")
+@click.pass_obj
+def outbox_retry(obj: Ctx, row: str) -> None:
+    """Queue a failed (or queued) row for an immediate new attempt."""
+    p = obj.pipeline()
+    if not p.outbox.retry(row):
+        raise click.ClickException(f"no outbox row {row}")
+    click.echo(f"row {row} queued; `mailflow run --once` or the daemon sends it")
+
+
+# ---- status -----------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def status(obj: Ctx, as_json: bool) -> None:
+    """Mailboxes and their last poll, tickets by status, outbox depth, quarantine size, last error."""
+    store = obj.store()
+    by_status: dict[str, int] = {}
+    for t in store.all_tickets():
+        by_status[t.get("status", "?")] = by_status.get(t.get("status", "?"), 0) + 1
+    rows = store.outbox_rows().values()
+    out = {
+        "data_dir": str(obj.cfg.data_dir),
+        "mailboxes": [{"name": mb.name, **{k: store.checkpoint(mb.name).get(k) for k in
+                                           ("last_poll", "last_uid", "uidvalidity", "last_error")}}
+                      for mb in obj.cfg.mailboxes],
+        "tickets": by_status,
+        "open_tickets": sum(v for k, v in by_status.items() if k in OPEN_STATUSES),
+        "outbox": {"queued": sum(r["status"] == "queued" for r in rows),
+                   "failed": sum(r["status"] == "failed" for r in rows),
+                   "sent": sum(r["status"] == "sent" for r in rows)},
+        "quarantine": sum(q.get("status") == "held" for q in store.quarantined()),
+    }
+    if as_json:
+        click.echo(json.dumps(out, ensure_ascii=False, indent=2))
+        return
+    click.echo(f"data: {out['data_dir']}")
+    for m in out["mailboxes"]:
+        click.echo(f"mailbox {m['name']}: last poll {m['last_poll'] or 'never'}, last uid {m['last_uid']}"
+                   f"{', error: ' + m['last_error'] if m['last_error'] else ''}")
+    click.echo("tickets: " + (", ".join(f"{k} {v}" for k, v in sorted(by_status.items())) or "none"))
+    click.echo(f"outbox: {out['outbox']['queued']} queued, {out['outbox']['failed']} failed, "
+               f"{out['outbox']['sent']} sent")
+    click.echo(f"quarantine: {out['quarantine']} held")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,352 @@
+"""Decisions -> rendered mail in a persistent outbox, and the outbox -> SMTP.
+
+A mail is an outbox row (plus its .eml file, fsynced) in the same commit as the ticket change that
+caused it, before it is ever a network call. The sender appends each result to a journal (one
+fsync per chunk, never a database rewrite per mail) and folds the journal into the database once
+per flush. Delivery is at-least-once with a stable Message-ID per row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import random
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from mailflow.config import Config, SmtpConfig
+from mailflow.model import Message
+from mailflow.render import Templates, build_mail
+from mailflow.store import Store, iso, parse_iso, utcnow
+
+log = logging.getLogger("mailflow.outbox")
+
+PRIORITY_LABELS = {
+    "zh": {"urgent": "紧急", "high": "高", "normal": "普通", "low": "低"},
+    "en": {"urgent": "urgent", "high": "high", "normal": "normal", "low": "low"},
+}
+CATEGORY_LABELS = {
+    "zh": {"complaint": "投诉", "fault": "故障", "inquiry": "咨询", "suggestion": "建议", "praise": "表扬"},
+    "en": {"complaint": "complaint", "fault": "fault", "inquiry": "inquiry", "suggestion": "suggestion",
+           "praise": "praise"},
+}
+# what the customer hears (auto-replied) versus what staff get (auto-generated)
+STAFF_TEMPLATES = {"staff_notify", "escalation", "command_error"}
+
+
+@dataclass
+class FlushStats:
+    sent: int = 0
+    temp: int = 0
+    perm: int = 0
+    queued: int = 0  # still queued after the flush
+    no_smtp: int = 0
+
+
+def _secret_key(cfg: Config, data_dir: Path) -> bytes:
+    """The HMAC key for minted Message-IDs: from config, else generated once into the data dir."""
+    if any((cfg.outbound.hmac_key.value, cfg.outbound.hmac_key.env, cfg.outbound.hmac_key.file)):
+        return cfg.outbound.hmac_key.get().encode()
+    p = data_dir / "secret.key"
+    if not p.exists():
+        tmp = p.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    return p.read_text().strip().encode()
+
+
+class Outbox:
+    def __init__(self, cfg: Config, store: Store, templates: Templates, dry=lambda: False):
+        self.cfg = cfg
+        self.dry = dry
+        self.store = store
+        self.templates = templates
+        self.dir = store.dir / "outbox"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.journal = self.dir / "journal.log"
+        self.key = _secret_key(cfg, store.dir)
+
+    # ---- message ids ------------------------------------------------------------------------
+
+    def _domain(self, mailbox: str | None) -> str:
+        mb = self.cfg.mailbox(mailbox) if mailbox else None
+        addr = mb.address if mb and mb.address else (self.cfg.mailboxes[0].address if self.cfg.mailboxes
+                                                     and self.cfg.mailboxes[0].address else "")
+        return addr.partition("@")[2] or "mailflow.invalid"
+
+    def mint_id(self, tid: str, recipient: str, mailbox: str | None) -> str:
+        """`<tid>.<rand>.<hmac>@domain`: only recipients of our mail can quote a valid one."""
+        rand = secrets.token_hex(6)
+        mac = hmac.new(self.key, f"{tid}|{recipient.lower()}|{rand}".encode(), hashlib.sha256).hexdigest()[:16]
+        return f"{tid}.{rand}.{mac}@{self._domain(mailbox)}"
+
+    def verify_id(self, message_id: str, recipient: str) -> str | None:
+        """The ticket id a minted Message-ID was made for `recipient`, or None if it is not genuine."""
+        local = message_id.partition("@")[0]
+        parts = local.split(".")
+        if len(parts) != 3:
+            return None
+        tid, rand, mac = parts
+        want = hmac.new(self.key, f"{tid}|{recipient.lower()}|{rand}".encode(), hashlib.sha256).hexdigest()[:16]
+        return tid if hmac.compare_digest(want, mac) else None
+
+    # ---- context ----------------------------------------------------------------------------
+
+    def context(self, ticket: dict, locale: str, msg: Message | None, extra: dict | None = None) -> dict:
+        tz = ZoneInfo(self.cfg.timezone)
+
+        def local(s: str | None) -> datetime | None:
+            d = parse_iso(s)
+            return d.astimezone(tz) if d else None
+
+        sla = ticket.get("sla", {})
+        staff = self.cfg.staff_by_email()
+        assignee = ticket.get("assignee")
+        ctx = {
+            "company": {"name": self.cfg.company_name},
+            "ticket": {
+                **{k: ticket.get(k) for k in ("id", "subject", "status", "category", "priority", "team",
+                                              "assignee", "customer_email", "customer_name", "locale")},
+                "tags": list(ticket.get("tags", [])),
+                "priority_label": PRIORITY_LABELS.get(locale, PRIORITY_LABELS["en"]).get(
+                    ticket.get("priority") or "normal", ticket.get("priority")),
+                "category_label": CATEGORY_LABELS.get(locale, CATEGORY_LABELS["en"]).get(
+                    ticket.get("category") or "", ticket.get("category") or ""),
+                "assignee_name": staff[assignee].name if assignee in staff else (assignee or ""),
+                "created_at": local(ticket.get("created_at")),
+            },
+            "sla": {
+                "first_response_due": local(sla.get("first_response_due")),
+                "resolution_due": local(sla.get("resolution_due")),
+                "first_response_hours": sla.get("first_response_hours"),
+                "resolution_hours": sla.get("resolution_hours"),
+            },
+            "message": {
+                "text": (msg.new_text or msg.text) if msg else "",
+                "from": msg.from_addr if msg else "",
+                "subject": msg.subject if msg else "",
+            },
+            "staff": {"name": "", "email": ""},
+            "reply": {"text": ""},
+            "error": {"text": ""},
+            "commands": [],
+            "escalation": {"reason": ""},
+        }
+        for k, v in (extra or {}).items():
+            ctx[k] = v
+        return ctx
+
+    # ---- enqueue ----------------------------------------------------------------------------
+
+    def _capped(self, ticket: dict, to: str, now: datetime) -> str | None:
+        """Flood protection for automatic mail: per address per hour, and per ticket."""
+        ob = self.cfg.outbound
+        if ticket.get("auto_sent", 0) >= ob.max_auto_per_ticket:
+            return f"per-ticket cap of {ob.max_auto_per_ticket} automatic mails reached"
+        key = f"auto:{to}"
+        hour_ago = iso(now - timedelta(hours=1)) or ""
+        recent = [t for t in (self.store.get_meta(key, []) or []) if t >= hour_ago]
+        if len(recent) >= ob.max_auto_per_hour:
+            return f"cap of {ob.max_auto_per_hour} automatic mails per hour to this address reached"
+        recent.append(iso(now))
+        self.store.set_meta(key, recent)
+        return None
+
+    def enqueue(self, ticket: dict, template: str, *, msg: Message | None, auto: bool, now: datetime,
+                to: list[str] | None = None, extra: dict | None = None, locale: str | None = None,
+                in_reply_to: str | None = None) -> str | None:
+        """Render one mail to the customer (or `to`) and queue it; returns the outbox row key."""
+        recipients = [a.lower() for a in (to or [ticket["customer_email"]])]
+        recipients = [a for a in recipients if a and a not in ticket.get("failing_addresses", [])] or recipients
+        tid = ticket["id"]
+        if auto:
+            why = self._capped(ticket, recipients[0], now)
+            if why:
+                self.store.add_event(tid, "not_sent", f"{template} to {recipients[0]}: {why}")
+                log.warning("auto mail suppressed ticket=%s template=%s: %s", tid, template, why)
+                return None
+        locale = locale or ticket.get("locale") or self.cfg.default_locale
+        rendered = self.templates.render(locale, template, self.context(ticket, locale, msg, extra))
+        mb = self.cfg.mailbox(ticket.get("mailbox") or "") or (self.cfg.mailboxes[0] if self.cfg.mailboxes else None)
+        from_addr = (mb.address if mb and mb.address else f"support@{self._domain(None)}")
+        from_name = (mb.from_name if mb and mb.from_name else self.cfg.company_name)
+        mid = self.mint_id(tid, recipients[0], ticket.get("mailbox"))
+        refs: list[str] = [in_reply_to] if in_reply_to else []
+        if msg is not None:
+            refs = [*msg.references[-10:], msg.message_id]
+            in_reply_to = msg.message_id
+        data = build_mail(
+            rendered, from_addr=from_addr, from_name=from_name, to=recipients, reply_to=from_addr,
+            message_id=mid, in_reply_to=in_reply_to, references=refs,
+            auto_submitted="auto-generated" if template in STAFF_TEMPLATES else "auto-replied",
+            extra_headers={"X-Mailflow-Ticket": tid}, date=now,
+        )
+        fname = hashlib.sha256(mid.encode()).hexdigest()[:32] + ".eml"
+        path = self.dir / fname
+        if not self.dry():
+            with open(path, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        row = {
+            "ticket_id": tid, "template": template, "message_id": mid, "to": recipients,
+            "sender": from_addr, "mailbox": ticket.get("mailbox"), "subject": rendered.subject,
+            "status": "queued", "auto": auto, "attempts": 0, "created_at": iso(now),
+            "next_attempt_at": iso(now), "last_error": None, "sent_at": None, "file": fname,
+        }
+        key = self.store.add_outbox(row)
+        self.store.add_message({
+            "ticket_id": tid, "message_id": mid, "hash": "", "direction": "out", "kind": template,
+            "from": from_addr, "to": recipients, "cc": [], "subject": rendered.subject, "date": iso(now),
+            "received_at": iso(now), "text": rendered.text, "language": locale, "spool": None,
+            "mailbox": ticket.get("mailbox"), "uid": None, "attachments": [], "outbox": key,
+        })
+        if auto:
+            t = self.store.ticket(tid)
+            if t is not None:
+                self.store.update_ticket(tid, {"auto_sent": t.get("auto_sent", 0) + 1})
+        return key
+
+    def notify_staff(self, ticket: dict, to: str, *, msg: Message | None, now: datetime,
+                     template: str = "staff_notify", extra: dict | None = None) -> str | None:
+        staff = self.cfg.staff_by_email().get(to.lower())
+        ctx = {"staff": {"name": staff.name if staff else to, "email": to}, **(extra or {})}
+        return self.enqueue(ticket, template, msg=msg, auto=True, now=now, to=[to], extra=ctx,
+                            locale=self.cfg.default_locale)
+
+    # ---- sending ----------------------------------------------------------------------------
+
+    def _journal_state(self) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        if self.journal.exists():
+            with open(self.journal, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        e = json.loads(line)
+                    except ValueError:
+                        continue  # a torn last line from a crash: that mail is simply resent
+                    out[e["row"]] = e
+        return out
+
+    def _append_journal(self, entries: list[dict]) -> None:
+        with open(self.journal, "a", encoding="utf-8") as f:
+            f.writelines(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def fold_journal(self) -> None:
+        """Apply journaled results to the database in one commit, then empty the journal."""
+        state = self._journal_state()
+        if not state:
+            return
+        now = utcnow()
+        ob = self.cfg.outbound
+        with self.store.batch():
+            rows = self.store.outbox_rows()
+            for k, e in state.items():
+                row = rows.get(k)
+                if row is None or row["status"] != "queued":
+                    continue
+                tid = row["ticket_id"]
+                if e["status"] == "sent":
+                    self.store.update_outbox(k, {"status": "sent", "sent_at": e["at"], "last_error": None,
+                                                 "attempts": row["attempts"] + 1})
+                    for rcpt, why in (e.get("refused") or {}).items():
+                        self._record_failure(tid, rcpt, why)
+                elif e["status"] == "perm":
+                    self.store.update_outbox(k, {"status": "failed", "last_error": e["detail"],
+                                                 "attempts": row["attempts"] + 1})
+                    self._record_failure(tid, ", ".join(row["to"]), e["detail"])
+                else:
+                    attempts = row["attempts"] + 1
+                    delay = min(ob.backoff_max, ob.backoff_initial * 2 ** (attempts - 1))
+                    delay *= random.uniform(0.8, 1.2)
+                    created = parse_iso(row["created_at"]) or now
+                    if now - created > timedelta(hours=ob.retry_for_hours):
+                        self.store.update_outbox(k, {"status": "failed", "attempts": attempts,
+                                                     "last_error": f"gave up after {attempts} tries: {e['detail']}"})
+                        self._record_failure(tid, ", ".join(row["to"]), f"gave up: {e['detail']}")
+                    else:
+                        self.store.update_outbox(k, {"attempts": attempts, "last_error": e["detail"],
+                                                     "next_attempt_at": iso(now + timedelta(seconds=delay))})
+        os.replace(self.journal, self.journal.with_suffix(".done"))
+        self.journal.with_suffix(".done").unlink(missing_ok=True)
+
+    def _record_failure(self, tid: str, rcpt: str, why: str) -> None:
+        t = self.store.ticket(tid)
+        if t is None:
+            return
+        self.store.add_event(tid, "send_failed", f"{rcpt}: {why}")
+        log.warning("delivery failed ticket=%s: %s", tid, why)
+
+    def due(self, now: datetime | None = None) -> list[tuple[str, dict]]:
+        now_s = iso(now or utcnow()) or ""
+        done = self._journal_state()
+        self.store.refresh()
+        return [(k, r) for k, r in self.store.outbox_rows().items()
+                if r["status"] == "queued" and (r.get("next_attempt_at") or "") <= now_s and k not in done]
+
+    def pending_count(self) -> int:
+        done = self._journal_state()
+        self.store.refresh()
+        return sum(1 for k, r in self.store.outbox_rows().items() if r["status"] == "queued" and k not in done)
+
+    async def flush(self, chunk: int = 50, now: datetime | None = None) -> FlushStats:
+        """Try every due row once over one connection per SMTP server; journal each result."""
+        from mailflow.send import OutMail, SmtpSender
+
+        stats = FlushStats()
+        groups: dict[int, tuple[SmtpConfig, list[tuple[str, dict]]]] = {}
+        for k, row in self.due(now):
+            smtp = self.cfg.smtp_for(row.get("mailbox"))
+            if smtp is None:
+                stats.no_smtp += 1
+                continue
+            groups.setdefault(id(smtp), (smtp, []))[1].append((k, row))
+        for smtp, rows in groups.values():
+            sender = SmtpSender(smtp)
+            try:
+                for i in range(0, len(rows), chunk):
+                    part = rows[i:i + chunk]
+                    mails = []
+                    for k, row in part:
+                        try:
+                            data = (self.dir / row["file"]).read_bytes()
+                        except OSError as e:
+                            self._append_journal([{"row": k, "status": "perm", "at": iso(utcnow()),
+                                                   "detail": f"outbox file missing: {e}"}])
+                            stats.perm += 1
+                            continue
+                        mails.append(OutMail(k, row["sender"], row["to"], data))
+                    results = await sender.send_many(mails)
+                    entries = [{"row": r.key, "status": r.status, "at": iso(utcnow()), "detail": r.detail,
+                                "refused": r.refused} for r in results]
+                    self._append_journal(entries)
+                    for r in results:
+                        setattr(stats, r.status, getattr(stats, r.status) + 1)
+                        if r.status != "sent":
+                            log.info("send %s row=%s: %s", r.status, r.key, r.detail)
+            finally:
+                await sender.close()
+        self.fold_journal()
+        stats.queued = self.pending_count()
+        return stats
+
+    def retry(self, key: str) -> bool:
+        with self.store.batch():
+            row = self.store.outbox_rows().get(key)
+            if row is None:
+                return False
+            self.store.update_outbox(key, {"status": "queued", "next_attempt_at": iso(utcnow()),
+                                           "attempts": 0, "created_at": iso(utcnow())})
+        return True
