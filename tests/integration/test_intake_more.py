@@ -1,0 +1,113 @@
+"""More of the intake and outbound contract: mbox/Maildir ingest, UIDVALIDITY resync, attachment cap,
+permanent SMTP failures, DMARC backscatter protection, broken templates."""
+
+from __future__ import annotations
+
+import mailbox
+import time
+
+from mailflow.store import Store
+from tests.integration.helpers import mailflow, make_mail, new_user, ticket, tickets, write_config
+
+
+def test_ingest_mbox_and_maildir(tmp_path):
+    mbox_path = tmp_path / "old.mbox"
+    mb = mailbox.mbox(str(mbox_path))
+    for i in range(3):
+        mb.add(make_mail(i))
+    mb.flush()
+    md = mailbox.Maildir(str(tmp_path / "Maildir"), create=True)
+    for i in range(3, 5):
+        md.add(make_mail(i))
+    env = {"MAILFLOW_DATA_DIR": str(tmp_path / "d")}
+    out = mailflow(None, "ingest", str(mbox_path), str(tmp_path / "Maildir"), env=env).stdout
+    assert "5 new" in out
+    # ingesting the same files again creates nothing (idempotent intake)
+    out = mailflow(None, "ingest", str(mbox_path), str(tmp_path / "Maildir"), env=env).stdout
+    assert "5 duplicate" in out
+    assert len(tickets_env(env)) == 5
+
+
+def tickets_env(env):
+    import json
+    return json.loads(mailflow(None, "tickets", "list", "--json", env=env).stdout)
+
+
+def test_uidvalidity_change_resyncs_without_duplicates(tmp_path, dovecot_server):
+    user = new_user(dovecot_server)
+    cfg = write_config(tmp_path, dovecot_server, [user])
+    dovecot_server.append_many(user, [make_mail(i) for i in range(5)])
+    mailflow(cfg, "run", "--once")
+    assert len(tickets(cfg)) == 5
+    store = Store(tmp_path / "data")
+    with store.batch():
+        store.set_checkpoint(user, uidvalidity=1, last_uid=999)
+    dovecot_server.append(user, make_mail(99))
+    r = mailflow(cfg, "run", "--once")
+    assert "UIDVALIDITY changed" in r.stderr
+    assert len(tickets(cfg)) == 6
+
+
+def test_attachment_cap(tmp_path):
+    data = tmp_path / "mf"
+    mailflow(None, "init", str(data))
+    cfg = data / "mailflow.toml"
+    cfg.write_text(cfg.read_text().replace("max_bytes = 10485760", "max_bytes = 1000"))
+    raw = (b"From: a@customer.example\r\nTo: s@support.example\r\nSubject: files\r\nMessage-ID: <att@x>\r\n"
+           b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=XX\r\n\r\n--XX\r\n"
+           b"Content-Type: text/plain\r\n\r\nsee attached\r\n--XX\r\nContent-Type: text/plain; name=small.txt\r\n"
+           b"Content-Disposition: attachment; filename=small.txt\r\n\r\nsmall\r\n--XX\r\n"
+           b"Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=big.bin\r\n"
+           b"Content-Transfer-Encoding: base64\r\n\r\n" + (b"QUFB" * 19 + b"\r\n") * 40 + b"--XX--\r\n")
+    f = tmp_path / "a.eml"
+    f.write_bytes(raw)
+    mailflow(cfg, "ingest", str(f))
+    [t] = tickets(cfg)
+    [m] = [m for m in ticket(cfg, t["id"])["messages"] if m["direction"] == "in"]
+    atts = {a["filename"]: a for a in m["attachments"]}
+    assert atts["small.txt"]["path"] and (data / "data" / atts["small.txt"]["path"]).read_bytes().strip() == b"small"
+    assert atts["big.bin"]["path"] is None and "cap" in atts["big.bin"]["skipped"]
+
+
+def test_permanent_failure_is_recorded_on_the_ticket(tmp_path, dovecot_server, smtp_sink):
+    user = new_user(dovecot_server)
+    cfg = write_config(tmp_path, dovecot_server, [user], smtp_sink)
+    smtp_sink.refuse_rcpt["gone@customer.example"] = 550
+    dovecot_server.append_many(user, [make_mail(1, sender="gone@customer.example"), make_mail(2)])
+    out = mailflow(cfg, "run", "--once").stdout
+    assert "1 sent" in out and "1 failed" in out
+    t = next(t for t in tickets(cfg) if t["customer_email"] == "gone@customer.example")
+    assert any(e["kind"] == "send_failed" and "550" in e["detail"] for e in ticket(cfg, t["id"])["events"])
+    failed = mailflow(cfg, "outbox", "list", "--status", "failed").stdout
+    assert t["id"] in failed
+    row = failed.split()[0]
+    mailflow(cfg, "outbox", "retry", row)
+    smtp_sink.refuse_rcpt.clear()
+    out = mailflow(cfg, "run", "--once").stdout
+    assert "1 sent" in out and "0 queued" in out
+
+
+def test_dmarc_fail_at_trusted_server_gets_no_ack(tmp_path, dovecot_server, smtp_sink):
+    user = new_user(dovecot_server)
+    cfg = write_config(tmp_path, dovecot_server, [user], smtp_sink)
+    cfg.write_text(cfg.read_text().replace("[outbound]\n", '[outbound]\ntrusted_authserv_ids = ["mx.support.example"]\n'))
+    forged = make_mail(1, sender="ceo@bank.example", extra_headers=(
+        "Authentication-Results: mx.support.example; dmarc=fail (p=reject) header.from=bank.example\r\n"))
+    untrusted = make_mail(2, sender="x@bank.example", extra_headers=(
+        "Authentication-Results: evil.example; dmarc=fail header.from=bank.example\r\n"))
+    dovecot_server.append_many(user, [forged, untrusted])
+    mailflow(cfg, "run", "--once")
+    time.sleep(0.3)
+    assert len(tickets(cfg)) == 2
+    rcpts = [r for _f, rs, _d in smtp_sink.messages for r in rs]
+    assert rcpts == ["x@bank.example"]
+
+
+def test_broken_template_keeps_daemon_from_starting(tmp_path):
+    mailflow(None, "init", str(tmp_path / "mf"))
+    cfg = tmp_path / "mf" / "mailflow.toml"
+    (tmp_path / "mf" / "templates" / "en" / "ack.txt.j2").write_text("Hello {{ ticket.id }\n")
+    r = mailflow(cfg, "check", check=False)
+    assert r.returncode == 1 and "en/ack.txt.j2:1:" in r.stderr
+    r = mailflow(cfg, "run", check=False, timeout=30)
+    assert r.returncode != 0 and "ack.txt.j2:1" in r.stderr
