@@ -175,6 +175,9 @@ def run_once(obj: Ctx) -> int:
         finally:
             w.close()
     stats = asyncio.run(p.outbox.flush())
+    archived, pruned = p.outbox.housekeeping()
+    if archived or pruned:
+        click.echo(f"housekeeping: {archived} closed tickets archived, {pruned} sent rows pruned")
     line = f"outbox: {stats.sent} sent, {stats.temp} temporary failures, {stats.perm} failed, {stats.queued} queued"
     if stats.no_smtp:
         line += f" ({stats.no_smtp} waiting: no [smtp] configured)"

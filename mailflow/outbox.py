@@ -263,6 +263,8 @@ class Outbox:
                                                  "attempts": row["attempts"] + 1})
                     for rcpt, why in (e.get("refused") or {}).items():
                         self._record_failure(tid, rcpt, why)
+                    for rcpt, why in (e.get("deferred") or {}).items():
+                        self.store.add_event(tid, "send_deferred", f"{rcpt}: {why} (other recipients accepted)")
                 elif e["status"] == "perm":
                     self.store.update_outbox(k, {"status": "failed", "last_error": e["detail"],
                                                  "attempts": row["attempts"] + 1})
@@ -330,7 +332,7 @@ class Outbox:
                         mails.append(OutMail(k, row["sender"], row["to"], data))
                     results = await sender.send_many(mails)
                     entries = [{"row": r.key, "status": r.status, "at": iso(utcnow()), "detail": r.detail,
-                                "refused": r.refused} for r in results]
+                                "refused": r.refused, "deferred": getattr(r, "deferred", {})} for r in results]
                     self._append_journal(entries)
                     for r in results:
                         setattr(stats, r.status, getattr(stats, r.status) + 1)
@@ -341,6 +343,15 @@ class Outbox:
         self.fold_journal()
         stats.queued = self.pending_count()
         return stats
+
+    def housekeeping(self, archive_days: int = 30) -> tuple[int, int]:
+        """Archive long-closed tickets and drop week-old sent rows; (archived, pruned)."""
+        with self.store.batch():
+            archived = self.store.archive(archive_days)
+            files = self.store.prune()
+        for f in files:
+            (self.dir / f).unlink(missing_ok=True)
+        return archived, len(files)
 
     def retry(self, key: str) -> bool:
         with self.store.batch():

@@ -426,6 +426,26 @@ class Store:
                 out[t["assignee"]] = out.get(t["assignee"], 0) + 1
         return out
 
+    # ---- housekeeping -------------------------------------------------------------------------
+
+    def prune(self, now: datetime | None = None, seen_days: int = 30, sent_days: int = 7) -> list[str]:
+        """Drop old idempotency keys and sent outbox rows so the hot database stays small.
+
+        Returns the outbox files of the dropped rows (the caller deletes them after the commit).
+        """
+        self._require_batch()
+        now = now or utcnow()
+        seen_cut = iso(now - timedelta(days=seen_days)) or ""
+        sent_cut = iso(now - timedelta(days=sent_days)) or ""
+        seen = self._table("seen")
+        for k in [k for k, v in seen.items() if (v.get("at") or "") < seen_cut]:
+            self._seen.discard(seen.pop(k)["key"])
+        out = self._table("outbox")
+        drop = [k for k, r in out.items() if r.get("status") == "sent" and (r.get("sent_at") or "") < sent_cut]
+        files = [out.pop(k).get("file") for k in drop]
+        self.storage.dirty = True
+        return [f for f in files if f]
+
     # ---- archives -----------------------------------------------------------------------------
 
     def archived_ids(self) -> dict[str, str]:

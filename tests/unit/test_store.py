@@ -132,3 +132,19 @@ def test_archive_moves_old_closed_tickets_and_keeps_threading(tmp_path):
         s2.set_meta("serial:CW:20260901", 0)
         assert s2.next_ticket_id("CW", "20260901") == "CW202609010002"
     assert os.path.getsize(s2.db_path) > 0
+
+
+def test_prune_drops_old_seen_keys_and_sent_rows(tmp_path):
+    s = Store(tmp_path)
+    old = iso(datetime.now(UTC) - timedelta(days=40))
+    with s.batch():
+        s.mark_seen("a@x", "h", "auto")
+        s.add_outbox({"status": "sent", "sent_at": old, "file": "f1.eml", "ticket_id": "T"})
+        s.add_outbox({"status": "queued", "sent_at": None, "file": "f2.eml", "ticket_id": "T"})
+    with s.batch():
+        for v in s._table("seen").values():
+            v["at"] = old
+        assert s.prune() == ["f1.eml"]
+    s2 = Store(tmp_path)
+    assert not s2.already_seen("a@x", "h")
+    assert [r["file"] for r in s2.outbox_rows().values()] == ["f2.eml"]
