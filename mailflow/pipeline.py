@@ -114,6 +114,9 @@ class Pipeline:
             return self._quarantine(it, f"{type(e).__name__}: {e}")
 
     def _quarantine(self, it: Incoming, reason: str) -> Result:
+        for q in self.store.quarantined():  # a replayed batch (crash, UIDVALIDITY resync) adds no twin
+            if q.get("spool") == it.spool_rel and q.get("status") == "held":
+                return Result("quarantined", None, f"quarantine id {q['qid']}: {reason}", it.uid, it.mailbox)
         qid = self.store.add_quarantine({
             "at": iso(utcnow()), "reason": reason, "spool": it.spool_rel, "mailbox": it.mailbox,
             "uid": it.uid, "status": "held", "size": len(it.raw),
