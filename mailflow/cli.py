@@ -13,7 +13,8 @@ import click
 
 from mailflow import config as config_mod
 from mailflow import resources
-from mailflow.store import OPEN_STATUSES, Store, iso, utcnow
+from mailflow.privacy import MaskAddresses
+from mailflow.store import OPEN_STATUSES, Store, iso, lock_process, utcnow
 
 log = logging.getLogger("mailflow")
 
@@ -39,6 +40,7 @@ def setup_logging(level: str) -> None:
         fmt = "%(asctime)s " + fmt
     handler.setFormatter(logging.Formatter(fmt))
     handler.addFilter(_Redact())
+    handler.addFilter(MaskAddresses())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -162,6 +164,11 @@ def run_once(obj: Ctx) -> int:
     from mailflow.mailboxes import MailboxWorker
 
     p = obj.pipeline()
+    lock = lock_process(p.store.dir)
+    if lock is None:
+        click.echo(f"a mailflow daemon is running on {p.store.dir}; it already does what --once would",
+                   err=True)
+        return 1
     failed = 0
     for mb in obj.cfg.mailboxes:
         w = MailboxWorker(mb, p)
@@ -437,7 +444,9 @@ def outbox_retry(obj: Ctx, row: str) -> None:
 @click.pass_obj
 def status(obj: Ctx, as_json: bool) -> None:
     """Mailboxes and their last poll, tickets by status, outbox depth, quarantine size, last error."""
-    store = obj.store()
+    store = Store(obj.cfg.data_dir, create=False) if obj.cfg.data_dir.is_dir() else None
+    if store is None:
+        raise click.ClickException(f"no data directory at {obj.cfg.data_dir} (mailflow has not run yet)")
     by_status: dict[str, int] = {}
     for t in store.all_tickets():
         by_status[t.get("status", "?")] = by_status.get(t.get("status", "?"), 0) + 1
@@ -453,6 +462,8 @@ def status(obj: Ctx, as_json: bool) -> None:
                    "failed": sum(r["status"] == "failed" for r in rows),
                    "sent": sum(r["status"] == "sent" for r in rows)},
         "quarantine": sum(q.get("status") == "held" for q in store.quarantined()),
+        "outbox_last_error": next((r["last_error"] for r in sorted(rows, key=lambda r: r.get("created_at") or "",
+                                                                   reverse=True) if r.get("last_error")), None),
     }
     if as_json:
         click.echo(json.dumps(out, ensure_ascii=False, indent=2))
@@ -465,6 +476,8 @@ def status(obj: Ctx, as_json: bool) -> None:
     click.echo(f"outbox: {out['outbox']['queued']} queued, {out['outbox']['failed']} failed, "
                f"{out['outbox']['sent']} sent")
     click.echo(f"quarantine: {out['quarantine']} held")
+    if out["outbox_last_error"]:
+        click.echo(f"last SMTP error: {out['outbox_last_error']}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,6 +6,7 @@ Every error names the file and the key, because the admin who reads it is lookin
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tomllib
 from dataclasses import dataclass, field
@@ -45,7 +46,15 @@ class Secret:
                 raise ConfigError([f"environment: {self.env}: not set"])
             return v
         if self.file is not None:
-            return Path(self.file).read_text(encoding="utf-8").strip()
+            # "${CREDENTIALS_DIRECTORY}/imap" works with systemd's LoadCredential=
+            missing = [v for v in re.findall(r"\$\{(\w+)\}", self.file) if v not in os.environ]
+            if missing:
+                raise ConfigError([f"password_file: {self.file}: environment variable {missing[0]} not set"])
+            path = re.sub(r"\$\{(\w+)\}", lambda m: os.environ[m.group(1)], self.file)
+            try:
+                return Path(path).read_text(encoding="utf-8").strip()
+            except OSError as e:
+                raise ConfigError([f"password_file: {path}: cannot read: {e.strerror or e}"]) from None
         if self.command is not None:
             out = subprocess.run(self.command, shell=True, capture_output=True, text=True, timeout=60)
             if out.returncode != 0:

@@ -1,5 +1,28 @@
-"""asyncio orchestration: one thread per mailbox (imapclient blocks), one outbox sender task,
-signals (SIGHUP reload, SIGTERM graceful stop), rule-file watching and systemd notify/watchdog.
+"""The `mailflow run` daemon: threads, signals, reload, and systemd notify/watchdog.
+
+Who runs where:
+
+* one thread per mailbox (`MailboxWorker.run`: imapclient blocks; every socket operation is bounded
+  by the mailbox's `timeout`);
+* one sender thread with its own event loop, flushing the outbox when woken (new mail was
+  committed) and every few seconds (retries that came due). It is the only place that sends, so a
+  flush can never run twice at once; each step of a flush runs under the store's lock, so it only
+  ever sees committed rows (never the half-built batch of a mailbox thread);
+* the main asyncio loop: signals, the supervisor (watchdog pings, STATUS=, rule/template file
+  watching) and reloads. It never waits for the database itself (that happens in helper threads
+  with bounded waits), so a busy or wedged worker cannot stall the pings by accident.
+
+systemd protocol (Type=notify): READY=1 once every mailbox is connected or retrying; STATUS= whenever
+the summary changes; WATCHDOG=1 every WatchdogSec/4 while every loop shows progress (see
+`wedged`); RELOADING=1 ... READY=1 around a reload (SIGHUP, or rule/template files changed);
+STOPPING=1 on SIGTERM/SIGINT.
+
+SIGHUP reloads the config file, rules and templates as a whole: everything is compiled first, and
+only if all of it is good is it swapped in (between two batches); otherwise the old set keeps
+running. Mailbox connection settings and the data directory need a restart.
+
+SIGTERM: the mailbox threads finish the batch in hand (commit, flag), the outbox gets one last
+flush bounded by `grace`, and `main()` returns 0.
 """
 
 from __future__ import annotations
@@ -11,18 +34,29 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable, Coroutine, Generator, Iterable
 from pathlib import Path
+from typing import Any
 
 from mailflow import config as config_mod
-from mailflow.fetch import Backoff, FetchError
-from mailflow.mailboxes import MailboxWorker
+from mailflow.mailboxes import PROCESS_ALLOWANCE, MailboxWorker
+from mailflow.outbox import FlushStats, Outbox
 from mailflow.pipeline import Pipeline
+from mailflow.privacy import MaskAddresses
 from mailflow.render import Templates
 from mailflow.rules import RuleSet
-from mailflow.store import OPEN_STATUSES, Store
+from mailflow.store import OPEN_STATUSES, Store, lock_process
 
 log = logging.getLogger("mailflow.daemon")
 
+SEND_INTERVAL = 5.0  # the sender looks for due outbox rows at least this often
+HOUSEKEEPING_EVERY = 6 * 3600.0  # archive long-closed tickets, prune old rows: at start, then this often
+FLUSH_CHUNK = 10  # results journaled (fsync) every N mails: at most N resent if a flush is cut short
+STATUS_EVERY = 2.0  # seconds between STATUS=/file-watch checks
+NO_WATCHDOG_FLOOR = 60.0  # without systemd's watchdog a loop is reported wedged after this
+
+
+# ---- systemd notify -------------------------------------------------------------------------------
 
 def sd_notify(state: str) -> bool:
     """Tell systemd (Type=notify) what we are doing; a no-op outside systemd."""
@@ -40,9 +74,65 @@ def sd_notify(state: str) -> bool:
         return False
 
 
+def watchdog_seconds() -> float | None:
+    """WatchdogSec= as systemd passes it (WATCHDOG_USEC, for WATCHDOG_PID if set), else None."""
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0:
+        return None
+    if pid.isdigit() and int(pid) != os.getpid():
+        return None
+    return int(usec) / 1e6
+
+
+def monotonic_usec() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+def wedged(now: float, loops: Iterable[tuple[str, float, float, bool]], floor: float) -> list[str]:
+    """The loops that show no progress: (name, last beat, allowance of the current step, running).
+
+    A loop is wedged when it stopped running, or when its last heartbeat is older than both `floor`
+    (half of WatchdogSec) and the time its current step may legitimately block (its allowance,
+    derived from socket timeouts). A slow server therefore costs a timeout and a retry; a loop
+    that is stuck for longer than any timeout allows stops the watchdog pings and systemd restarts
+    the service.
+    """
+    out = []
+    for name, beat, allowance, running in loops:
+        if not running:
+            out.append(f"{name} (not running)")
+        elif now - beat > max(floor, allowance):
+            out.append(f"{name} (no progress for {now - beat:.0f}s)")
+    return out
+
+
+# ---- loading ---------------------------------------------------------------------------------------
+
+class LoadError(Exception):
+    """Rules and/or templates that do not compile: every problem (`problems`), from both."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
 def load_all(cfg: config_mod.Config) -> tuple[RuleSet, Templates]:
-    """Compile rules and templates whole; raises on any error so the caller keeps the old ones."""
-    return RuleSet.load(cfg.rules_dir), Templates.load(cfg.templates_dir)
+    """Compile rules and templates whole; raises LoadError listing every problem of both, so the
+    caller keeps the old ones."""
+    problems: list[str] = []
+    rules = templates = None
+    try:
+        rules = RuleSet.load(cfg.rules_dir)
+    except Exception as e:
+        problems += getattr(e, "problems", None) or [f"{cfg.rules_dir}: -: {type(e).__name__}: {e}"]
+    try:
+        templates = Templates.load(cfg.templates_dir)
+    except Exception as e:
+        problems += getattr(e, "problems", None) or [f"{cfg.templates_dir}: -: {type(e).__name__}: {e}"]
+    if problems or rules is None or templates is None:
+        raise LoadError(problems)
+    return rules, templates
 
 
 def _tree_stamp(*dirs: Path) -> tuple:
@@ -57,156 +147,510 @@ def _tree_stamp(*dirs: Path) -> tuple:
     return tuple(out)
 
 
+def _problems(e: BaseException) -> str:
+    return "; ".join(getattr(e, "problems", None) or [f"{type(e).__name__}: {e}"])
+
+
+# ---- the outbox sender --------------------------------------------------------------------------
+
+class _Stepped:
+    """Await `coro` one step at a time (from one resumption to its next suspension), each step
+    holding `lock`; `on_step("lock")` before waiting for the lock, `on_step("step")` once it is
+    held. Cancellation and errors are passed through to the coroutine."""
+
+    def __init__(self, coro: Coroutine, lock: Any, on_step: Callable[[str], None]):
+        self._coro = coro
+        self._lock = lock
+        self._on_step = on_step
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro = self._coro
+        value: Any = None
+        exc: BaseException | None = None
+        while True:
+            self._on_step("lock")
+            with self._lock:
+                self._on_step("step")
+                try:
+                    if exc is not None:
+                        yielded = coro.throw(exc)
+                    else:
+                        yielded = coro.send(value)
+                except StopIteration as stop:
+                    return stop.value
+            try:
+                value, exc = (yield yielded), None
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as e:  # CancelledError included: the coroutine decides
+                value, exc = None, e
+
+
+class Sender:
+    """The one thread that sends the outbox (its own event loop; `Outbox.flush` is async)."""
+
+    name = "outbox"
+
+    def __init__(self, outbox: Outbox, lock: Any, smtp_timeout: Callable[[], float],
+                 interval: float = SEND_INTERVAL, chunk: int = FLUSH_CHUNK):
+        self.outbox = outbox
+        self.lock = lock
+        self.smtp_timeout = smtp_timeout
+        self.interval = interval
+        self.chunk = chunk
+        self.beat = time.monotonic()
+        self.allowance = interval + 10
+        self._flush_allowance = 70.0
+        self.last: FlushStats | None = None
+        self.smtp_state = "idle"  # idle | ok | retrying | no smtp configured | error
+        self.flushing = False
+        self.next_housekeeping = 0.0  # monotonic; 0 = soon after start
+        self._wake = threading.Event()
+        self._final = threading.Event()
+        self._abort = False
+        self._mu = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task | None = None
+        self.thread = threading.Thread(target=self._run, name="outbox-sender", daemon=True)
+
+    # -- control (any thread)
+    def start(self) -> None:
+        self.thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def finish(self) -> None:
+        """One last flush (of everything committed until now), then the thread ends."""
+        self._final.set()
+        self._wake.set()
+
+    def abort(self) -> None:
+        """Cut the flush in progress short (the grace period is over)."""
+        with self._mu:
+            self._abort = True
+            if self._loop is not None and self._task is not None:
+                self._loop.call_soon_threadsafe(self._task.cancel)
+        self._wake.set()
+
+    # -- the thread
+    def _step(self, phase: str) -> None:
+        # waiting for the store lock means a mailbox is committing a batch: that may take as long
+        # as a batch may take (if it takes longer, the mailbox loop is the one reported wedged)
+        self.beat = time.monotonic()
+        self.allowance = self._flush_allowance + (PROCESS_ALLOWANCE if phase == "lock" else 0.0)
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            while not self._abort:
+                if not self._final.is_set():
+                    self.beat, self.allowance = time.monotonic(), self.interval + 10
+                    self._wake.wait(self.interval)
+                self._wake.clear()
+                final = self._final.is_set()
+                self._flush(loop)
+                if final:
+                    break
+                if time.monotonic() >= self.next_housekeeping:
+                    self.next_housekeeping = time.monotonic() + HOUSEKEEPING_EVERY
+                    self._housekeeping()
+        finally:
+            with self._mu:
+                self._loop = None
+            loop.close()
+
+    def _housekeeping(self) -> None:
+        """Keep the hot database small (the same as `run --once` does after its flush)."""
+        hk = getattr(self.outbox, "housekeeping", None)
+        if hk is None:
+            return
+        self.beat, self.allowance = time.monotonic(), 600.0
+        try:
+            archived, pruned = hk()
+        except Exception as e:
+            log.error("housekeeping failed, will retry later: %s: %s", type(e).__name__, e)
+            return
+        finally:
+            self.beat = time.monotonic()
+        if archived or pruned:
+            log.info("housekeeping: %d closed tickets archived, %d sent rows pruned", archived, pruned)
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        # every step of a flush ends within an SMTP timeout (aiosmtplib bounds each command)
+        self._flush_allowance = 2 * self.smtp_timeout() + 10
+        self.allowance, self.beat = self._flush_allowance, time.monotonic()
+
+        async def go() -> FlushStats:
+            return await _Stepped(self.outbox.flush(chunk=self.chunk), self.lock, self._step)
+
+        with self._mu:
+            if self._abort:
+                return
+            task = loop.create_task(go())
+            self._task = task
+        self.flushing = True
+        try:
+            stats = loop.run_until_complete(task)
+        except asyncio.CancelledError:
+            log.warning("outbox flush cut short: the grace period is over")
+            return
+        except Exception as e:
+            self.smtp_state = "error"
+            log.error("outbox flush failed, will retry: %s: %s", type(e).__name__, e)
+            log.debug("outbox flush traceback", exc_info=True)
+            return
+        finally:
+            self.flushing = False
+            with self._mu:
+                self._task = None
+            self.beat = time.monotonic()
+        self.last = stats
+        if stats.temp and not stats.sent:
+            self.smtp_state = "retrying"
+        elif stats.no_smtp and not (stats.sent or stats.temp or stats.perm):
+            self.smtp_state = "no smtp configured"
+        elif stats.sent or stats.perm or stats.temp:
+            self.smtp_state = "ok"
+        if stats.sent or stats.temp or stats.perm:
+            log.info("outbox: %d sent, %d to retry, %d failed, %d queued", stats.sent, stats.temp,
+                     stats.perm, stats.queued)
+
+
+# ---- the daemon -------------------------------------------------------------------------------------
+
 class Daemon:
     def __init__(self, cfg: config_mod.Config, config_path: str | None):
+        if threading.current_thread() is threading.main_thread():
+            # a reload requested while we compile must not terminate us (SIGHUP's default action)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
         self.cfg = cfg
         self.config_path = config_path
         self.store = Store(cfg.data_dir)
         rules, templates = load_all(cfg)
+        self._stamp = _tree_stamp(cfg.rules_dir, cfg.templates_dir)
         self.pipeline = Pipeline(cfg, self.store, rules, templates)
+        self.pipeline.debug = logging.getLogger().isEnabledFor(logging.DEBUG)
         self.stop = threading.Event()
         self.workers = [MailboxWorker(mb, self.pipeline) for mb in cfg.mailboxes]
         self.threads: list[threading.Thread] = []
-        self.wake_sender: asyncio.Event | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.sender_beat = time.monotonic()
-        self.watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        self.sender = Sender(self.pipeline.outbox, self.store.mutex, self._smtp_timeout)
+        self.watchdog = watchdog_seconds()
         self.grace = 20.0
+        self.ready = False
+        self.stopping = False
+        self.reload_error: str | None = None
+        self._counts: tuple[int, int, int] | None = None  # open tickets, outbox queued, quarantine held
+        self._counts_key: tuple | None = None
+        self._last_status = ""
+        self._wedged: list[str] = []
+        self._stopped: asyncio.Event | None = None
+        self._reload_task: asyncio.Task | None = None
+        self._reload_again: str | None = None
+        self._seen_stamp: tuple | None = None
+        self._lockfile: Any = None
 
-    # ---- mailbox threads --------------------------------------------------------------------
+    # ---- liveness ----------------------------------------------------------------------------
 
-    def _worker_loop(self, w: MailboxWorker) -> None:
-        backoff = Backoff()
-        while not self.stop.is_set():
+    def _smtp_timeout(self) -> float:
+        ts = [s.timeout for s in [self.cfg.smtp, *(mb.smtp for mb in self.cfg.mailboxes)] if s is not None]
+        return max(ts, default=30.0)
+
+    def loops(self) -> list[tuple[str, float, float, bool]]:
+        out = [(f"mailbox {w.name}", w.beat, w.allowance, t.is_alive())
+               for w, t in zip(self.workers, self.threads, strict=False)]
+        out.append(("outbox sender", self.sender.beat, self.sender.allowance, self.sender.thread.is_alive()))
+        return out
+
+    def floor(self) -> float:
+        return self.watchdog / 2 if self.watchdog else NO_WATCHDOG_FLOOR
+
+    def check_alive(self, now: float | None = None) -> bool:
+        """Send WATCHDOG=1 if every loop makes progress; otherwise withhold it (and say why, once)."""
+        bad = [] if self.stopping else wedged(time.monotonic() if now is None else now, self.loops(),
+                                               self.floor())
+        if bad and bad != self._wedged:
+            log.error("withholding the watchdog ping: %s", ", ".join(bad))
+        elif not bad and self._wedged:
+            log.info("all loops make progress again")
+        self._wedged = bad
+        if not bad and self.watchdog:
+            sd_notify("WATCHDOG=1")
+        return not bad
+
+    # ---- status --------------------------------------------------------------------------------
+
+    def _refresh_counts(self) -> None:
+        """Open tickets, queued mail, quarantine size; runs in a helper thread, never waits long."""
+        mutex = self.store.mutex
+        if not mutex.acquire(timeout=2.0):
+            return
+        try:
+            self.store.refresh()
+            j = self.pipeline.outbox.journal
             try:
-                stats = w.poll(self.stop)
-                backoff.reset()
-                w.state = "idle"
-                if stats.fetched:
-                    self._kick_sender()
-                # wait in short slices so the watchdog sees a live loop and SIGTERM is prompt
-                deadline = time.monotonic() + (w.cfg.poll_interval if not w.src or not w.src.has_idle()
-                                               else 25 * 60)
-                while not self.stop.is_set() and time.monotonic() < deadline:
-                    w.beat = time.monotonic()
-                    assert w.src is not None
-                    if w.src.wait(min(5.0, max(0.1, deadline - time.monotonic())), stop=self.stop):
-                        break
-            except FetchError as e:
-                w.close()
-                w.record_error(e)
-                delay = backoff.next()
-                log.warning("mailbox=%s %s; reconnecting in %.1fs", w.cfg.name, e, delay)
-                self._sleep(w, delay)
-            except Exception as e:  # never let one mailbox take the process down
-                w.close()
-                w.record_error(e)
-                delay = backoff.next()
-                log.exception("mailbox=%s unexpected error; retrying in %.1fs", w.cfg.name, delay)
-                self._sleep(w, delay)
-        w.close()
-        w.state = "stopped"
-
-    def _sleep(self, w: MailboxWorker, delay: float) -> None:
-        end = time.monotonic() + delay
-        while not self.stop.is_set() and time.monotonic() < end:
-            w.beat = time.monotonic()
-            self.stop.wait(min(1.0, end - time.monotonic()))
-
-    def _kick_sender(self) -> None:
-        if self.loop is not None and self.wake_sender is not None:
-            self.loop.call_soon_threadsafe(self.wake_sender.set)
-
-    # ---- async side -------------------------------------------------------------------------
-
-    async def _sender(self) -> None:
-        assert self.wake_sender is not None
-        while not self.stop.is_set():
-            self.sender_beat = time.monotonic()
-            try:
-                await asyncio.wait_for(self.wake_sender.wait(), timeout=5.0)
-            except TimeoutError:
-                pass
-            self.wake_sender.clear()
-            try:
-                await asyncio.wait_for(self.pipeline.outbox.flush(), timeout=300)
-            except Exception:
-                log.exception("outbox flush failed; will retry")
-            self.sender_beat = time.monotonic()
+                jst = j.stat().st_mtime_ns
+            except OSError:
+                jst = None
+            key = (self.store.storage.stamp, jst)
+            if key == self._counts_key and self._counts is not None:
+                return
+            open_n = sum(1 for t in self.store.all_tickets() if t.get("status") in OPEN_STATUSES)
+            queued = self.pipeline.outbox.pending_count()
+            held = sum(1 for q in self.store.quarantined() if q.get("status") == "held")
+            self._counts, self._counts_key = (open_n, queued, held), key
+        finally:
+            mutex.release()
 
     def status_line(self) -> str:
-        open_n = sum(1 for t in self.store.all_tickets() if t.get("status") in OPEN_STATUSES)
-        states = ", ".join(f"{w.cfg.name} {w.state}" for w in self.workers) or "no mailboxes"
-        return f"{len(self.workers)} mailboxes ({states}), {open_n} open tickets, " \
-               f"outbox {self.pipeline.outbox.pending_count()}"
+        if self.stopping:
+            return "stopping: finishing the batch in hand, flushing the outbox"
+        ws = self.workers
+        if not ws:
+            boxes = "no mailboxes"
+        else:
+            states = [(w.name, "retrying" if w.state == "connecting" and w.last_error else w.state)
+                      for w in ws]
+            ok = [n for n, st in states if st == "ok"]
+            other = [f"{n} {st}" for n, st in states if st != "ok"]
+            boxes = f"{len(ws)} mailbox{'es' if len(ws) != 1 else ''}"
+            if other:
+                boxes += f" ({len(ok)} ok, {', '.join(other)})"
+        line = boxes
+        if self._counts is not None:
+            open_n, queued, held = self._counts
+            line += f", {open_n} open ticket{'s' if open_n != 1 else ''}, outbox {queued}"
+            if held:
+                line += f", quarantine {held}"
+        line += {"retrying": " (smtp retrying)", "no smtp configured": " (no [smtp] configured)",
+                 "error": " (outbox flush failing, see the log)"}.get(self.sender.smtp_state, "")
+        if self._wedged:
+            line += f"; WEDGED: {', '.join(self._wedged)}"
+        if self.reload_error:
+            line += "; last reload rejected (see the log)"
+        return line
 
-    async def _supervise(self) -> None:
-        stamp = _tree_stamp(self.cfg.rules_dir, self.cfg.templates_dir)
-        last_status = ""
-        limit = self.watchdog_usec / 1e6 / 2 if self.watchdog_usec else 60.0
-        while not self.stop.is_set():
-            await asyncio.sleep(1.0)
-            now = time.monotonic()
-            alive = all(now - w.beat < limit for w in self.workers) and now - self.sender_beat < max(limit, 10)
-            if alive and self.watchdog_usec:
-                sd_notify("WATCHDOG=1")
-            elif not alive:
-                log.error("a loop looks wedged; withholding the watchdog ping")
-            new = _tree_stamp(self.cfg.rules_dir, self.cfg.templates_dir)
-            if new != stamp:
-                stamp = new
-                self.reload(reason="files changed")
-            line = self.status_line()
-            if line != last_status:
-                sd_notify(f"STATUS={line}")
-                last_status = line
+    def _publish_status(self, force: bool = False) -> None:
+        line = self.status_line()
+        if force or line != self._last_status:
+            self._last_status = line
+            sd_notify(f"STATUS={line}")
+
+    # ---- reload ----------------------------------------------------------------------------------
 
     def reload(self, reason: str = "SIGHUP") -> bool:
-        """Compile config, rules and templates whole; swap only if all of it is good."""
-        sd_notify("RELOADING=1\nMONOTONIC_USEC=%d" % (time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000))
+        """Compile config, rules and templates whole; swap only if all of it is good (blocking)."""
+        stamp = _tree_stamp(self.cfg.rules_dir, self.cfg.templates_dir)
         try:
             cfg = config_mod.load(self.config_path) if self.config_path else self.cfg
             rules, templates = load_all(cfg)
+            new_stamp = _tree_stamp(cfg.rules_dir, cfg.templates_dir)
+            if cfg.rules_dir == self.cfg.rules_dir and cfg.templates_dir == self.cfg.templates_dir:
+                new_stamp = stamp  # what was compiled is at least as new as this
         except Exception as e:
-            log.error("reload (%s) rejected, keeping the running rules and templates: %s", reason, e)
-            sd_notify("READY=1")
+            self.reload_error = _problems(e)
+            self._stamp = stamp  # do not retry the same broken files on every tick
+            log.error("reload (%s) rejected, keeping the running config, rules and templates: %s",
+                      reason, self.reload_error)
             return False
-        with self.store._mutex:
+        old = self.cfg
+        restart = []
+        if cfg.mailboxes != old.mailboxes:
+            restart.append("[[mailbox]]")
+            cfg.mailboxes = old.mailboxes  # the running workers keep theirs
+        if cfg.data_dir != old.data_dir:
+            restart.append("data_dir")
+            cfg.data_dir = old.data_dir
+        if cfg.log_level != old.log_level:
+            restart.append("[logging] level")
+        if cfg.outbound.hmac_key != old.outbound.hmac_key:
+            restart.append("[outbound] hmac_key")
+            cfg.outbound.hmac_key = old.outbound.hmac_key
+        mutex = self.store.mutex
+        if not mutex.acquire(timeout=20):
+            self.reload_error = "the store stayed busy for 20 s"
+            log.error("reload (%s) rejected: %s", reason, self.reload_error)
+            return False
+        try:  # between two batches: a batch sees either the old set or the new one, never a mix
             p = self.pipeline
             p.rules, p.templates, p.outbox.templates = rules, templates, templates
-            # mailbox connection settings need a restart; everything else takes effect now
             p.cfg = p.outbox.cfg = cfg
-        log.info("reloaded (%s): rules v%s", reason, getattr(rules, "version", "?"))
-        sd_notify("READY=1")
+            self.cfg = cfg
+        finally:
+            mutex.release()
+        self._stamp = new_stamp
+        self.reload_error = None
+        log.info("reloaded (%s): config %s, rules v%s from %s, templates from %s", reason,
+                 self.config_path or "(embedded defaults)", rules.version, cfg.rules_dir, cfg.templates_dir)
+        if restart:
+            log.warning("changed %s settings take effect only after a restart (systemctl restart mailflow)",
+                        " and ".join(restart))
         return True
 
+    def request_reload(self, reason: str = "SIGHUP") -> None:
+        """Schedule a reload on the running loop; a reload requested during one runs after it."""
+        if self.stopping:
+            return
+        if self._reload_task is not None and not self._reload_task.done():
+            self._reload_again = reason
+            return
+        self._reload_task = asyncio.get_running_loop().create_task(self._reload(reason))
+
+    async def _reload(self, reason: str) -> None:
+        while True:
+            notify = self.ready and not self.stopping
+            if notify:
+                sd_notify(f"RELOADING=1\nMONOTONIC_USEC={monotonic_usec()}\nSTATUS=reloading ({reason})")
+            try:
+                await asyncio.to_thread(self.reload, reason)
+            except Exception as e:  # reload() reports its own failures; this is a bug
+                log.error("reload (%s) failed: %s: %s", reason, type(e).__name__, e)
+            finally:
+                if notify:
+                    self._last_status = self.status_line()
+                    sd_notify(f"READY=1\nSTATUS={self._last_status}")
+            reason, self._reload_again = self._reload_again, None
+            if reason is None or self.stopping:
+                return
+
+    def _files_changed(self) -> bool:
+        """Rule/template files changed and then held still for one check (editors save in steps)."""
+        try:
+            now = _tree_stamp(self.cfg.rules_dir, self.cfg.templates_dir)
+        except OSError:
+            return False
+        settled = now == self._seen_stamp
+        self._seen_stamp = now
+        return settled and now != self._stamp
+
+    # ---- main ------------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self.stop.set()
+        if self._stopped is not None:
+            self._stopped.set()
+
+    def _kick_sender(self) -> None:
+        self.sender.wake()
+
+    async def _supervise(self) -> None:
+        tick = min(1.0, self.watchdog / 4) if self.watchdog else 1.0
+        next_status = 0.0
+        house: asyncio.Future | None = None
+        while True:
+            self.check_alive()
+            now = time.monotonic()
+            if house is not None and house.done():
+                err = house.exception()
+                if err is not None:
+                    log.warning("status check failed: %s: %s", type(err).__name__, err)
+                elif house.result():
+                    self.request_reload("rule or template files changed")
+                house = None
+                self._publish_status()
+            if house is None and now >= next_status and not self.stopping:
+                next_status = now + STATUS_EVERY
+                house = asyncio.ensure_future(asyncio.to_thread(self._housekeeping))
+            await asyncio.sleep(tick)
+
+    def _housekeeping(self) -> bool:
+        self._refresh_counts()
+        return self._files_changed()
+
+    def _install_log_masking(self) -> None:
+        for h in logging.getLogger().handlers:
+            if not any(isinstance(f, MaskAddresses) for f in h.filters):
+                h.addFilter(MaskAddresses())
+
+    async def _wait(self, cond: Callable[[], bool], timeout: float | None, step: float = 0.05) -> bool:
+        end = None if timeout is None else time.monotonic() + timeout
+        while not cond():
+            if end is not None and time.monotonic() >= end:
+                return False
+            await asyncio.sleep(step)
+        return True
+
+    def _lock_data_dir(self) -> bool:
+        """One daemon per data directory: two would both send the outbox. Held until exit."""
+        self._lockfile = lock_process(self.store.dir)
+        return self._lockfile is not None
+
     async def main(self) -> int:
-        self.loop = asyncio.get_running_loop()
-        self.wake_sender = asyncio.Event()
-        self.loop.add_signal_handler(signal.SIGTERM, self.stop.set)
-        self.loop.add_signal_handler(signal.SIGINT, self.stop.set)
-        self.loop.add_signal_handler(signal.SIGHUP, lambda: self.reload())
-        self.pipeline.outbox.fold_journal()
+        loop = asyncio.get_running_loop()
+        if not self._lock_data_dir():
+            log.error("another mailflow daemon is running on %s (see %s); not starting a second one",
+                      self.cfg.data_dir, self.store.dir / "daemon.lock")
+            return 2
+        self._stopped = asyncio.Event()
+        if self.stop.is_set():
+            self._stopped.set()
+        self._install_log_masking()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        with self.store.mutex:
+            self.pipeline.outbox.fold_journal()  # results of a flush that a crash cut short
+        sd_notify(f"STATUS=starting: connecting {len(self.workers)} mailbox(es)")
+        log.info("starting: %d mailbox(es), data %s, watchdog %s", len(self.workers), self.cfg.data_dir,
+                 f"{self.watchdog:g}s" if self.watchdog else "off")
+        if self.watchdog:
+            for mb in self.cfg.mailboxes:
+                if mb.timeout >= self.watchdog / 2:
+                    log.warning("mailbox=%s timeout %gs is not under half of WatchdogSec (%gs): a slow "
+                                "server may cost a watchdog restart instead of a retry", mb.name, mb.timeout,
+                                self.watchdog)
+        self.sender.start()
         for w in self.workers:
-            t = threading.Thread(target=self._worker_loop, args=(w,), name=f"mailbox-{w.cfg.name}", daemon=True)
+            t = threading.Thread(target=w.run, args=(self.stop, self._kick_sender), name=f"mailbox-{w.name}",
+                                 daemon=True)
             t.start()
             self.threads.append(t)
-        sender = asyncio.create_task(self._sender())
-        sup = asyncio.create_task(self._supervise())
-        sd_notify("READY=1")
-        sd_notify(f"STATUS={self.status_line()}")
-        log.info("running: %s", self.status_line())
-        while not self.stop.is_set():
-            await asyncio.sleep(0.2)
-        sd_notify("STOPPING=1")
-        log.info("stopping: finishing the batch in hand")
-        for t in self.threads:
-            await asyncio.to_thread(t.join, self.grace)
-        sup.cancel()
-        sender.cancel()
+        sup = loop.create_task(self._supervise())
         try:
-            stats = await asyncio.wait_for(self.pipeline.outbox.flush(), timeout=self.grace)
-            log.info("final flush: %d sent, %d still queued", stats.sent, stats.queued)
-        except Exception as e:
-            log.warning("final flush incomplete: %s", e)
+            # READY once every mailbox is connected or retrying (each attempt ends within its timeouts)
+            await self._wait(lambda: self.stop.is_set() or all(
+                w.settled or not t.is_alive() for w, t in zip(self.workers, self.threads, strict=True)), None)
+            if not self.stop.is_set():
+                await asyncio.to_thread(self._refresh_counts)
+                self.ready = True
+                self._last_status = self.status_line()
+                sd_notify(f"READY=1\nSTATUS={self._last_status}")
+                log.info("ready: %s", self._last_status)
+            await self._stopped.wait()
+            return await self._shutdown()
+        finally:
+            sup.cancel()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+    async def _shutdown(self) -> int:
+        self.stopping = True
+        sd_notify("STOPPING=1\nSTATUS=stopping: finishing the batch in hand, flushing the outbox")
+        log.info("stopping: finishing the batch in hand")
+        if self._reload_task is not None:
+            await asyncio.wait([self._reload_task], timeout=self.grace)
+        if not await self._wait(lambda: not any(t.is_alive() for t in self.threads), self.grace):
+            stuck = [w.name for w, t in zip(self.workers, self.threads, strict=False) if t.is_alive()]
+            log.warning("mailbox(es) %s did not stop within %gs; their batch will be replayed at the next "
+                        "start", ", ".join(stuck), self.grace)
+        self.sender.finish()
+        if not await self._wait(lambda: not self.sender.thread.is_alive(), self.grace):
+            self.sender.abort()
+            await self._wait(lambda: not self.sender.thread.is_alive(), 10.0)
+        queued = await asyncio.to_thread(self._queued_now)
+        log.info("stopped: %s", f"{queued} mail(s) stay queued for the next start" if queued
+                 else "outbox empty")
         return 0
+
+    def _queued_now(self) -> int | str:
+        if not self.store.mutex.acquire(timeout=5.0):
+            return "?"
+        try:
+            return self.pipeline.outbox.pending_count()
+        finally:
+            self.store.mutex.release()
+
+
+__all__ = ["Daemon", "LoadError", "Sender", "load_all", "sd_notify", "watchdog_seconds", "wedged"]

@@ -22,11 +22,11 @@ from zoneinfo import ZoneInfo
 
 from mailflow.config import Config, SmtpConfig
 from mailflow.model import Message
+from mailflow.privacy import mask_addresses
 from mailflow.render import Templates, build_mail
 from mailflow.store import Store, iso, parse_iso, utcnow
 
 log = logging.getLogger("mailflow.outbox")
-
 PRIORITY_LABELS = {
     "zh": {"urgent": "紧急", "high": "高", "normal": "普通", "low": "低"},
     "en": {"urgent": "urgent", "high": "high", "normal": "normal", "low": "low"},
@@ -289,19 +289,24 @@ class Outbox:
         if t is None:
             return
         self.store.add_event(tid, "send_failed", f"{rcpt}: {why}")
-        log.warning("delivery failed ticket=%s: %s", tid, why)
+        log.warning("delivery failed ticket=%s: %s", tid, mask_addresses(why))
 
     def due(self, now: datetime | None = None) -> list[tuple[str, dict]]:
+        """Queued rows whose time has come; under the store's lock so a batch still being built
+        (rows not yet committed) is never seen, let alone sent."""
         now_s = iso(now or utcnow()) or ""
         done = self._journal_state()
-        self.store.refresh()
-        return [(k, r) for k, r in self.store.outbox_rows().items()
-                if r["status"] == "queued" and (r.get("next_attempt_at") or "") <= now_s and k not in done]
+        with self.store.mutex:
+            self.store.refresh()
+            return [(k, dict(r)) for k, r in self.store.outbox_rows().items()
+                    if r["status"] == "queued" and (r.get("next_attempt_at") or "") <= now_s and k not in done]
 
     def pending_count(self) -> int:
         done = self._journal_state()
-        self.store.refresh()
-        return sum(1 for k, r in self.store.outbox_rows().items() if r["status"] == "queued" and k not in done)
+        with self.store.mutex:
+            self.store.refresh()
+            return sum(1 for k, r in self.store.outbox_rows().items()
+                       if r["status"] == "queued" and k not in done)
 
     async def flush(self, chunk: int = 50, now: datetime | None = None) -> FlushStats:
         """Try every due row once over one connection per SMTP server; journal each result."""
@@ -337,7 +342,7 @@ class Outbox:
                     for r in results:
                         setattr(stats, r.status, getattr(stats, r.status) + 1)
                         if r.status != "sent":
-                            log.info("send %s row=%s: %s", r.status, r.key, r.detail)
+                            log.info("send %s row=%s: %s", r.status, r.key, mask_addresses(r.detail))
             finally:
                 await sender.close()
         self.fold_journal()

@@ -21,6 +21,7 @@ from mailflow.intake import Route, route
 from mailflow.model import Message
 from mailflow.outbox import Outbox
 from mailflow.parse import ParseError, parse_message
+from mailflow.privacy import mask, mask_addresses
 from mailflow.render import Templates
 from mailflow.rules import RuleSet
 from mailflow.spool import Spool
@@ -57,12 +58,6 @@ class Evaluation:
     mentioned: set[str] = field(default_factory=set)
 
 
-def mask(addr: str) -> str:
-    """Customer addresses are masked in logs: a***@example.com."""
-    local, _, dom = addr.partition("@")
-    return f"{local[:1]}***@{dom}" if dom else "***"
-
-
 class Pipeline:
     def __init__(self, cfg: Config, store: Store, rules: RuleSet, templates: Templates):
         self.cfg = cfg
@@ -95,7 +90,7 @@ class Pipeline:
         for r in results:
             if r.kind not in ("duplicate",):
                 log.info("%s ticket=%s mailbox=%s uid=%s %s", r.kind, r.ticket_id or "-", r.mailbox or "-",
-                         r.uid if r.uid is not None else "-", r.reason)
+                         r.uid if r.uid is not None else "-", r.reason if self.debug else mask_addresses(r.reason))
         return results
 
     def _one(self, it: Incoming) -> Result:

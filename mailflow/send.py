@@ -44,6 +44,7 @@ from aiosmtplib import (
 )
 
 from mailflow.config import SmtpConfig
+from mailflow.privacy import mask_addresses as mask
 
 log = logging.getLogger("mailflow.send")
 
@@ -76,14 +77,6 @@ def _envelope_ok(addr: str) -> bool:
     """A plain ``local@domain`` that can go on a MAIL/RCPT line as is (no display names, no quoting)."""
     local, at, domain = addr.rpartition("@")
     return bool(at and local and domain and "@" not in local and not _ENVELOPE_BAD.search(addr))
-
-
-_EMAIL = re.compile(r"([A-Za-z0-9._%+\-])[^@\s<>\"',;:]*@([^\s<>\"',;:]+)")
-
-
-def mask(text: str) -> str:
-    """``wang.fang@customer.example`` -> ``w***@customer.example`` (personal data stays out of logs)."""
-    return _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
 
 
 def _resp(code: int, message: str) -> str:

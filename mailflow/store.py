@@ -88,6 +88,24 @@ class StoreError(Exception):
     pass
 
 
+def lock_process(data_dir: Path):
+    """One sender per data directory (the daemon, or `run --once`): an exclusive, non-blocking
+    flock held for the life of the process. Returns the open file, or None if another holds it."""
+    import fcntl
+
+    f = open(Path(data_dir) / "daemon.lock", "a+")  # noqa: SIM115 - kept open while the process runs
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        return None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
 class AtomicStorage(Storage):
     """In-memory copy of the database, written atomically and only when the store commits."""
 
@@ -150,15 +168,17 @@ class Store:
 
     TABLES = ("tickets", "messages", "outbox", "meta", "quarantine", "seen")
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, create: bool = True):
+        """`create=False` is for readers (`status`) that must not leave directories behind."""
         self.dir = Path(data_dir)
-        for sub in ("spool", "quarantine", "attachments", "archive", "outbox"):
-            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        if create:
+            for sub in ("spool", "quarantine", "attachments", "archive", "outbox"):
+                (self.dir / sub).mkdir(parents=True, exist_ok=True)
         self.db_path = self.dir / "mailflow.json"
         self.lock = FileLock(str(self.dir / "mailflow.lock"))
         self.storage = AtomicStorage(self.db_path)
         self._in_batch = 0
-        self._mutex = threading.RLock()
+        self.mutex = threading.RLock()
         self.index_path = self.dir / "archive" / "index.jsonl"
         self._archived_ids: dict[str, str] | None = None
         self._undo: list[tuple[str, str, dict | None]] | None = None
@@ -207,7 +227,7 @@ class Store:
 
     def refresh(self) -> None:
         """Reload if another process replaced the file (a cheap stat otherwise)."""
-        with self._mutex:
+        with self.mutex:
             if self.storage.stale():
                 self.storage.load()
                 self._build_indexes()
@@ -215,7 +235,7 @@ class Store:
     @contextlib.contextmanager
     def batch(self) -> Iterator[Store]:
         """Hold the file lock, work on a fresh copy, write once at the end (all or nothing)."""
-        with self._mutex:
+        with self.mutex:
             if self._in_batch:
                 self._in_batch += 1
                 try:
