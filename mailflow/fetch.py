@@ -162,6 +162,7 @@ class ImapSource:
         self._uidvalidity: int | None = None
         self._idling = False
         self._broken = False
+        self._high_uid = 0  # highest UID pending_uids() has reported in this session
         self._folders: set[str] = set()
         self._secrets: list[str] = []
 
@@ -237,6 +238,7 @@ class ImapSource:
         self.close()
         cfg = self.cfg
         self._folders.clear()
+        self._high_uid = 0
         secret = self._secret()  # before connecting: an unreadable secret is a config problem
         self._secrets = [secret]
         ctx = ssl.create_default_context() if cfg.tls in ("implicit", "starttls") else None
@@ -320,7 +322,19 @@ class ImapSource:
         with self._op("search"):
             uids = c.search(["UID", f"{max(last_uid, 0) + 1}:*"])
         # `n:*` always matches the highest UID, even when it is < n (RFC 3501 6.4.8)
-        return sorted(u for u in uids if u > last_uid)
+        out = sorted(u for u in uids if u > last_uid)
+        self._high_uid = max([self._high_uid, last_uid, *out[-1:]])
+        return out
+
+    def _unseen_arrivals(self, c: IMAPClient) -> bool:
+        """Mail above the highest UID this session has handed out. Its EXISTS may have come back
+        in the answer to another command (a STORE while a batch was flagged) where imapclient
+        drops it, so neither NOOP nor IDLE would ever report it: look for it directly."""
+        if self._high_uid <= 0:
+            return False
+        with self._op("search"):
+            uids = c.search(["UID", f"{self._high_uid + 1}:*"])
+        return any(u > self._high_uid for u in uids)
 
     def fetch(self, uids: list[int]) -> Iterator[tuple[int, bytes]]:
         """(uid, raw bytes) in UID order, BODY.PEEK[] (leaves \\Seen alone), cfg.batch_size per
@@ -438,7 +452,7 @@ class ImapSource:
     def _wait_idle(self, c: IMAPClient, deadline: float, stop: threading.Event | None) -> bool:
         # Dovecot 2.3 does not report mail that arrived *before* IDLE began (it shows up only at
         # its 30 s mailbox_idle_check_interval): sync with a NOOP first.
-        if self._noop(c):
+        if self._noop(c) or self._unseen_arrivals(c):
             return True
         try:
             with self._op("idle"):
@@ -510,7 +524,7 @@ class ImapSource:
                 return False
             now = time.monotonic()
             if now >= next_noop or now >= deadline:
-                if self._noop(c):
+                if self._noop(c) or self._unseen_arrivals(c):
                     return True
                 next_noop = time.monotonic() + interval
                 if now >= deadline:

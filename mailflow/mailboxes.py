@@ -211,6 +211,8 @@ class MailboxWorker:
                     on_mail()
                 if stop.is_set():
                     break
+                if stats.fetched:
+                    continue  # mail that came in while this batch was processed: fetch it now
                 assert self.src is not None
                 # new mail or not: poll again afterwards (a NOOP and a SEARCH), so that `status`
                 # shows a recent successful poll and nothing IDLE missed stays behind

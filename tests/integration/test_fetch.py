@@ -404,3 +404,22 @@ def test_backoff_capped_with_jitter():
     assert max(delays[20:]) > 200 and min(delays[20:]) >= 150
     b.reset()
     assert b.next() <= 1.0
+
+
+def test_wait_sees_mail_whose_exists_came_back_with_a_store(dv, user):
+    """Mail that arrives while a batch is being flagged is announced in the STORE's answer, which
+    imapclient drops; wait() must still report it instead of idling past it."""
+    dv.append(user, b"From: a@x.example\r\nSubject: one\r\nMessage-ID: <late1@x>\r\n\r\nbody\r\n")
+    src = ImapSource(dv.mailbox_config(user))
+    src.connect()
+    try:
+        uids = src.pending_uids(0)
+        dv.append(user, b"From: a@x.example\r\nSubject: two\r\nMessage-ID: <late2@x>\r\n\r\nbody\r\n")
+        time.sleep(0.2)
+        src.mark_done(uids)  # the EXISTS for "two" rides back on this STORE
+        t0 = time.monotonic()
+        assert src.wait(5.0) is True
+        assert time.monotonic() - t0 < 2.0
+        assert len(src.pending_uids(max(uids))) == 1
+    finally:
+        src.close()
