@@ -14,6 +14,7 @@ import click
 from mailflow import config as config_mod
 from mailflow import resources
 from mailflow.privacy import MaskAddresses
+from mailflow.spool import Spool
 from mailflow.store import OPEN_STATUSES, Store, iso, lock_process, utcnow
 
 log = logging.getLogger("mailflow")
@@ -366,7 +367,7 @@ def quarantine_show(obj: Ctx, qid: str, raw: bool) -> None:
     q = store.quarantine_item(qid)
     if q is None:
         raise click.ClickException(f"no quarantined item {qid}")
-    data = (store.dir / "spool" / q["spool"]).read_bytes() if q.get("spool") else b""
+    data = Spool(store.dir / "spool").read(q["spool"]) if q.get("spool") else b""
     if raw:
         sys.stdout.buffer.write(data)
         return
@@ -387,7 +388,7 @@ def quarantine_replay(obj: Ctx, qid: str) -> None:
     q = p.store.quarantine_item(qid)
     if q is None:
         raise click.ClickException(f"no quarantined item {qid}")
-    raw = (p.store.dir / "spool" / q["spool"]).read_bytes()
+    raw = p.spool.read(q["spool"])
     with p.store.batch():
         [r] = p.process([Incoming(raw, q.get("mailbox"), q.get("uid"), q["spool"])])
         if r.kind != "quarantined":

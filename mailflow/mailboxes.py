@@ -143,7 +143,9 @@ class MailboxWorker:
         stats = PollStats()
         self.expect("search", self._t(2, 5))
         uids = src.pending_uids(last_uid)
-        size = max(1, self.cfg.batch_size)
+        # one commit rewrites the whole hot database, so a long backlog goes in ~20 commits
+        # (batch_size is the floor; 1,000 the ceiling) rather than one per 100 messages
+        size = max(1, self.cfg.batch_size, min(1000, len(uids) // 20))
         for i in range(0, len(uids), size):
             if stop is not None and stop.is_set():
                 break

@@ -24,6 +24,7 @@ from mailflow.config import Config, SmtpConfig
 from mailflow.model import Message
 from mailflow.privacy import mask_addresses
 from mailflow.render import Templates, build_mail
+from mailflow.spool import Segments
 from mailflow.store import Store, iso, parse_iso, utcnow
 
 log = logging.getLogger("mailflow.outbox")
@@ -74,6 +75,10 @@ class Outbox:
         self.dir = store.dir / "outbox"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.journal = self.dir / "journal.log"
+        self.segments = Segments(self.dir, ".out")
+        self._pending: list[bytes] | None = None  # mail of the batch being built, written at its end
+        self._pending_name = ""
+        self._pending_size = 0
         self.key = _secret_key(cfg, store.dir)
 
     # ---- message ids ------------------------------------------------------------------------
@@ -191,18 +196,12 @@ class Outbox:
             auto_submitted="auto-generated" if template in STAFF_TEMPLATES else "auto-replied",
             extra_headers={"X-Mailflow-Ticket": tid}, date=now,
         )
-        fname = hashlib.sha256(mid.encode()).hexdigest()[:32] + ".eml"
-        path = self.dir / fname
-        if not self.dry():
-            with open(path, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+        ref = self._store_mail(data)
         row = {
             "ticket_id": tid, "template": template, "message_id": mid, "to": recipients,
             "sender": from_addr, "mailbox": ticket.get("mailbox"), "subject": rendered.subject,
             "status": "queued", "auto": auto, "attempts": 0, "created_at": iso(now),
-            "next_attempt_at": iso(now), "last_error": None, "sent_at": None, "file": fname,
+            "next_attempt_at": iso(now), "last_error": None, "sent_at": None, "file": ref,
         }
         key = self.store.add_outbox(row)
         self.store.add_message({
@@ -216,6 +215,31 @@ class Outbox:
             if t is not None:
                 self.store.update_ticket(tid, {"auto_sent": t.get("auto_sent", 0) + 1})
         return key
+
+    # ---- the mail's bytes: one segment file per batch ----------------------------------------
+
+    def begin(self) -> None:
+        """Collect the mail of one batch; `commit_pending` writes it (one file, one fsync)."""
+        self._pending, self._pending_name, self._pending_size = [], self.segments.new_name(), 0
+
+    def _store_mail(self, data: bytes) -> str:
+        if self.dry():
+            return "dry-run"
+        if self._pending is None:
+            return self.segments.write([data])[0]
+        ref = f"{self._pending_name}:{self._pending_size}:{len(data)}"
+        self._pending.append(data)
+        self._pending_size += len(data)
+        return ref
+
+    def commit_pending(self) -> None:
+        """Make the batch's mail durable; called inside the batch, before the database commit."""
+        if self._pending:
+            self.segments.write(self._pending, self._pending_name)
+        self._pending = None
+
+    def abort_pending(self) -> None:
+        self._pending = None
 
     def notify_staff(self, ticket: dict, to: str, *, msg: Message | None, now: datetime,
                      template: str = "staff_notify", extra: dict | None = None) -> str | None:
@@ -328,7 +352,7 @@ class Outbox:
                     mails = []
                     for k, row in part:
                         try:
-                            data = (self.dir / row["file"]).read_bytes()
+                            data = self.segments.read(row["file"])
                         except OSError as e:
                             self._append_journal([{"row": k, "status": "perm", "at": iso(utcnow()),
                                                    "detail": f"outbox file missing: {e}"}])
@@ -353,10 +377,11 @@ class Outbox:
         """Archive long-closed tickets and drop week-old sent rows; (archived, pruned)."""
         with self.store.batch():
             archived = self.store.archive(archive_days)
-            files = self.store.prune()
-        for f in files:
+            dropped = self.store.prune()
+            still = {Segments.file_of(r.get("file") or "") for r in self.store.outbox_rows().values()}
+        for f in {Segments.file_of(ref) for ref in dropped} - still:
             (self.dir / f).unlink(missing_ok=True)
-        return archived, len(files)
+        return archived, len(dropped)
 
     def retry(self, key: str) -> bool:
         with self.store.batch():

@@ -23,7 +23,7 @@ from mailflow.outbox import Outbox
 from mailflow.parse import ParseError, parse_message
 from mailflow.privacy import mask, mask_addresses
 from mailflow.render import Templates
-from mailflow.rules import RuleSet
+from mailflow.rules import RuleSet, on_engine
 from mailflow.spool import Spool
 from mailflow.store import Store, iso, parse_iso, utcnow
 
@@ -78,15 +78,20 @@ class Pipeline:
     def process(self, items: list[Incoming], checkpoint: tuple[str, dict] | None = None) -> list[Result]:
         """Spool (fsync) every message, then handle all in one commit together with the checkpoint."""
         todo = [it for it in items if it.spool_rel is None]
-        for it, p in zip(todo, self.spool.write_many([it.raw for it in todo]), strict=True):
-            it.spool_rel = self.spool.rel(p)
+        for it, ref in zip(todo, self.spool.write_many([it.raw for it in todo]), strict=True):
+            it.spool_rel = ref
         results: list[Result] = []
         with self.store.batch():
             self._open_counts = self.store.open_counts()
-            for it in items:
-                results.append(self._one(it))
-            if checkpoint is not None:
-                self.store.set_checkpoint(checkpoint[0], **checkpoint[1])
+            self.outbox.begin()
+            try:
+                for it in items:
+                    results.append(self._one(it))
+                if checkpoint is not None:
+                    self.store.set_checkpoint(checkpoint[0], **checkpoint[1])
+                self.outbox.commit_pending()  # the mail's bytes are durable before the rows are
+            finally:
+                self.outbox.abort_pending()
         for r in results:
             if r.kind not in ("duplicate",):
                 log.info("%s ticket=%s mailbox=%s uid=%s %s", r.kind, r.ticket_id or "-", r.mailbox or "-",
@@ -324,8 +329,8 @@ class Pipeline:
         open_counts = getattr(self, "_open_counts", None)
         if open_counts is None:
             open_counts = self.store.open_counts()
-        outcome = routing.evaluate_message(
-            self.rules, facts, routing.TicketFields(None, "normal", None, None, []), staff,
+        outcome = on_engine(
+            routing.evaluate_message, self.rules, facts, routing.TicketFields(None, "normal", None, None, []), staff,
             open_counts, dict(self.store.get_meta("rr_state", {}) or {}), mentioned,
             strategy=self.cfg.routing_strategy, escalation_chain=self.cfg.escalation_chain,
         )

@@ -1134,6 +1134,12 @@ class _Job:
         self.error: BaseException | None = None
 
 
+def on_engine(fn: Callable, *args: Any, **kw: Any) -> Any:
+    """Run fn on the rules-engine thread: a whole message's stages cost one thread hand-off
+    instead of one per stage (the hand-off, not the engine, was the cost: ~0.1 ms each)."""
+    return _ENGINE.call(lambda: fn(*args, **kw))
+
+
 class _Engine:
     """The process's single durable-rules Host, owned and driven by one daemon thread."""
 
