@@ -161,6 +161,10 @@ def run(obj: Ctx, once: bool) -> None:
 
 
 def run_once(obj: Ctx) -> int:
+    """One pass: every mailbox's pending mail, with the outbox sent alongside by the daemon's own
+    sender thread (rows become visible to it only once their batch is committed), then a last
+    flush of everything still due."""
+    from mailflow.daemon import Sender
     from mailflow.fetch import FetchError
     from mailflow.mailboxes import MailboxWorker
 
@@ -170,19 +174,28 @@ def run_once(obj: Ctx) -> int:
         click.echo(f"a mailflow daemon is running on {p.store.dir}; it already does what --once would",
                    err=True)
         return 1
-    failed = 0
-    for mb in obj.cfg.mailboxes:
-        w = MailboxWorker(mb, p)
-        try:
-            s = w.poll()
-            click.echo(f"{mb.name}: {s.fetched} fetched, {s.new} new tickets, {s.quarantined} quarantined")
-        except FetchError as e:
-            failed += 1
-            w.record_error(e)
-            click.echo(f"{mb.name}: {e}", err=True)
-        finally:
-            w.close()
-    stats = asyncio.run(p.outbox.flush())
+    smtp_timeout = max([s.timeout for s in [p.cfg.smtp, *(m.smtp for m in p.cfg.mailboxes)] if s] or [30.0])
+    with p.store.mutex:
+        p.outbox.fold_journal()  # results of a flush that a crash cut short
+    sender = Sender(p.outbox, p.store.mutex, lambda: smtp_timeout, interval=0.5)
+    sender.next_housekeeping = float("inf")  # once, below, after the last flush
+    sender.start()
+    try:
+        for mb in obj.cfg.mailboxes:
+            w = MailboxWorker(mb, p)
+            try:
+                s = w.poll()
+                sender.wake()
+                click.echo(f"{mb.name}: {s.fetched} fetched, {s.new} new tickets, {s.quarantined} quarantined")
+            except FetchError as e:
+                w.record_error(e)
+                click.echo(f"{mb.name}: {e}", err=True)
+            finally:
+                w.close()
+    finally:
+        sender.finish()
+        sender.thread.join()
+    stats = sender.totals
     archived, pruned = p.outbox.housekeeping()
     if archived or pruned:
         click.echo(f"housekeeping: {archived} closed tickets archived, {pruned} sent rows pruned")

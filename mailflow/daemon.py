@@ -203,6 +203,7 @@ class Sender:
         self.allowance = interval + 10
         self._flush_allowance = 70.0
         self.last: FlushStats | None = None
+        self.totals = FlushStats()  # summed over every flush (`run --once` reports them)
         self.smtp_state = "idle"  # idle | ok | retrying | no smtp configured | error
         self.flushing = False
         self.next_housekeeping = 0.0  # monotonic; 0 = soon after start
@@ -308,6 +309,9 @@ class Sender:
                 self._task = None
             self.beat = time.monotonic()
         self.last = stats
+        for k in ("sent", "temp", "perm"):
+            setattr(self.totals, k, getattr(self.totals, k) + getattr(stats, k))
+        self.totals.queued, self.totals.no_smtp = stats.queued, stats.no_smtp
         if stats.temp and not stats.sent:
             self.smtp_state = "retrying"
         elif stats.no_smtp and not (stats.sent or stats.temp or stats.perm):
