@@ -42,7 +42,7 @@ CATEGORY_WORDS = {"complaint": "complaint", "投诉": "complaint", "投訴": "co
                   "praise": "praise", "表扬": "praise", "表揚": "praise"}
 # bracketed words that mail systems put into subjects; never mistaken for a command attempt
 IGNORED = {"EXTERNAL", "EXT", "CAUTION", "WARNING", "SUSPICIOUS", "SECURE", "ENCRYPT", "SIGNED", "FWD",
-           "FW", "RE", "BULK", "SPAM?"}
+           "FW", "RE", "BULK", "URGENT", "HIGH", "NORMAL", "LOW", "ESCALATED", "NEW"}
 _BRACKET = re.compile(r"[\[【]([^\[\]【】]{1,80})[\]】]")
 
 
@@ -59,8 +59,13 @@ class Parsed:
     errors: list[str]
 
 
-def parse_commands(subject: str, prefix: str = "CW") -> Parsed:
-    """All commands in a subject; unknown or malformed ones become errors (and change nothing)."""
+def parse_commands(subject: str, prefix: str = "CW", ticket_subject: str = "") -> Parsed:
+    """All commands in a subject; unknown or malformed ones become errors (and change nothing).
+
+    The ticket's own subject (customer text, quoted in every notification's subject) is cut out
+    first: a customer's "[URGENT] help" is not a staff member's command."""
+    if ticket_subject and len(ticket_subject) >= 3:
+        subject = subject.replace(ticket_subject, " ")
     cmds: list[Command] = []
     errors: list[str] = []
     tag = re.compile(rf"^{re.escape(prefix)}\d{{12,}}$", re.I)

@@ -23,20 +23,11 @@ from zoneinfo import ZoneInfo
 from mailflow.config import Config, SmtpConfig
 from mailflow.model import Message
 from mailflow.privacy import mask_addresses
-from mailflow.render import Templates, build_mail
+from mailflow.render import CATEGORY_LABELS, PRIORITY_LABELS, Templates, build_mail
 from mailflow.spool import Segments
 from mailflow.store import Store, iso, parse_iso, utcnow
 
 log = logging.getLogger("mailflow.outbox")
-PRIORITY_LABELS = {
-    "zh": {"urgent": "紧急", "high": "高", "normal": "普通", "low": "低"},
-    "en": {"urgent": "urgent", "high": "high", "normal": "normal", "low": "low"},
-}
-CATEGORY_LABELS = {
-    "zh": {"complaint": "投诉", "fault": "故障", "inquiry": "咨询", "suggestion": "建议", "praise": "表扬"},
-    "en": {"complaint": "complaint", "fault": "fault", "inquiry": "inquiry", "suggestion": "suggestion",
-           "praise": "praise"},
-}
 # what the customer hears (auto-replied) versus what staff get (auto-generated)
 STAFF_TEMPLATES = {"staff_notify", "escalation", "command_error"}
 

@@ -194,7 +194,7 @@ class Pipeline:
                                  "commands ignored, nothing sent to the customer")
             log.warning("ticket=%s unauthenticated staff mail from %s: ignored", tid, self._who(who))
             return
-        parsed = parse_commands(msg.subject, self.cfg.prefix)
+        parsed = parse_commands(msg.subject, self.cfg.prefix, t.get("subject") or "")
         if parsed.errors:
             self.store.add_event(tid, "command_error", "; ".join(parsed.errors))
             self.outbox.notify_staff(t, who, msg=msg, now=now, template="command_error",

@@ -21,9 +21,14 @@ def _mail_to(sink, addr):
 
 
 def _staff_reply(notify, tid, subject_cmds, body, sender="alice@support.example"):
+    """What a mail client sends: "Re: " + the notification's own subject, commands added."""
+    from email.header import Header
+
     mid = notify["Message-ID"]
+    subject = Header(f"Re: {notify['Subject']} {subject_cmds}", "utf-8").encode()
+    assert tid in str(notify["Subject"])
     return (f"From: Alice <{sender}>\r\nTo: support@support.example\r\n"
-            f"Subject: Re: [{tid}] {subject_cmds}\r\nMessage-ID: <staff{time.time_ns()}@support.example>\r\n"
+            f"Subject: {subject}\r\nMessage-ID: <staff{time.time_ns()}@support.example>\r\n"
             f"In-Reply-To: {mid}\r\nReferences: {mid}\r\nDate: Mon, 23 Nov 2026 12:00:00 +0800\r\n"
             "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
             f"{body}\r\n\r\n> quoted notification text\r\n").encode()
