@@ -422,6 +422,25 @@ def test_sighup_reloads_rules_and_rejects_a_broken_set(tmp_path, dovecot_server,
     assert "Traceback" not in run.log
 
 
+def test_rule_file_change_reloads_without_a_signal(tmp_path, dovecot_server, notify):
+    a = user(dovecot_server)
+    rules = _rules_copy(tmp_path)
+    cfg = config(tmp_path, [mailbox_toml(a, dovecot_server.port)], extra=f'[rules]\ndir = "{rules}"\n')
+    classify = rules / "classify.yaml"
+    good = classify.read_text(encoding="utf-8")
+    with daemon(cfg, notify) as run:
+        notify.wait("READY", "1")
+        classify.write_text(good + "\n- name: [unclosed\n", encoding="utf-8")  # broken: kept out
+        run.wait_log(r"reload \(.*\) rejected.*classify\.yaml")
+        classify.write_text(good + MARKER_RULE, encoding="utf-8")  # fixed: goes live, no SIGHUP
+        run.wait_log(r"reloaded \(", n=1)
+        dovecot_server.append(a, make_mail(1, subject="ZZMARK via file watch", zh=False))
+        run.wait_log(r"new ticket=", n=1)
+        assert run.stop() == 0
+    [t] = tickets(cfg)
+    assert "zzmark" in t["tags"]
+
+
 def test_sigterm_finishes_the_batch_and_loses_nothing(tmp_path, dovecot_server, smtp_sink, notify):
     a = user(dovecot_server)
     n = 40
