@@ -14,18 +14,15 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from mailflow import resources
+from mailflow.errors import ProblemsError
 
 PRIORITIES = ("urgent", "high", "normal", "low")
 DEFAULT_FIRST_RESPONSE_HOURS = {"urgent": 1.0, "high": 4.0, "normal": 24.0, "low": 48.0}
 DEFAULT_RESOLUTION_HOURS = {"urgent": 4.0, "high": 24.0, "normal": 72.0, "low": 336.0}
 
 
-class ConfigError(Exception):
+class ConfigError(ProblemsError):
     """A list of `file: key: reason` problems."""
-
-    def __init__(self, problems: list[str]):
-        super().__init__("\n".join(problems))
-        self.problems = problems
 
 
 @dataclass

@@ -80,6 +80,8 @@ import jinja2
 from jinja2 import FileSystemLoader, StrictUndefined, select_autoescape
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from mailflow.errors import ProblemsError
+
 REQUIRED = ("ack", "progress", "resolved", "closed", "reopened", "staff_notify", "escalation", "command_error")
 PARTS = ("subject", "txt", "html")
 LOCALES = ("zh", "en")
@@ -99,12 +101,8 @@ STATUS_LABELS = {
 }
 
 
-class TemplateError(Exception):
+class TemplateError(ProblemsError):
     """One or more template problems, each ``file:line: reason``."""
-
-    def __init__(self, problems: list[str]):
-        super().__init__("\n".join(problems))
-        self.problems = problems
 
 
 @dataclass

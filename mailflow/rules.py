@@ -175,6 +175,8 @@ from typing import Any
 
 import yaml
 
+from mailflow.errors import ProblemsError
+
 try:  # the regex parser, used to derive literal prefilters (Python 3.11+: re._parser)
     from re import _parser as _sre_parse
 except ImportError:  # pragma: no cover
@@ -219,12 +221,8 @@ _RULE_EXPR_BUDGET = 40
 _SID = "0"
 
 
-class RuleError(Exception):
+class RuleError(ProblemsError):
     """Rules that do not compile: every problem as ``file: rule: reason``."""
-
-    def __init__(self, problems: list[str]):
-        super().__init__("\n".join(problems))
-        self.problems = problems
 
 
 class RuleEvalError(Exception):
