@@ -13,9 +13,10 @@ import click
 
 from mailflow import config as config_mod
 from mailflow import resources
+from mailflow.errors import ProblemsError
 from mailflow.privacy import MaskAddresses
 from mailflow.spool import Spool
-from mailflow.store import OPEN_STATUSES, Store, iso, lock_process, utcnow
+from mailflow.store import OPEN_STATUSES, Store, StoreError, iso, lock_process, utcnow
 
 log = logging.getLogger("mailflow")
 
@@ -82,7 +83,22 @@ class Ctx:
         return Pipeline(self.cfg, self.store(), rules, templates)
 
 
-@click.group()
+class _Group(click.Group):
+    """Expected failures (a damaged data file, a missing spool file, a broken rule) end in one
+    clear line and a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (StoreError, ProblemsError, OSError) as e:
+            if isinstance(e, ProblemsError):
+                for p in e.problems:
+                    click.echo(p, err=True)
+                raise SystemExit(2) from None
+            raise click.ClickException(f"{type(e).__name__}: {e}") from None
+
+
+@click.group(cls=_Group)
 @click.option("--config", "config_path", envvar="MAILFLOW_CONFIG", type=click.Path(dir_okay=False),
               help="TOML config file (default: $MAILFLOW_CONFIG, else the embedded defaults).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)

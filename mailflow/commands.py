@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mailflow.model import Message
+from mailflow.model import AuthResult, Message
 
 ALIASES = {
     "RESOLVE": "RESOLVE", "RESOLVED": "RESOLVE", "解决": "RESOLVE", "已解决": "RESOLVE", "解決": "RESOLVE",
@@ -112,6 +112,18 @@ def _example(name: str) -> str:
             "MERGE": "CW202611230001"}.get(name, "")
 
 
+def trusted_result(msg: Message, trusted_authserv_ids: list[str]) -> AuthResult | None:
+    """The topmost Authentication-Results header from a trusted server, or None.
+
+    Our own MTA prepends its header, so it is the first with its authserv-id; anything further
+    down with the same id came with the message and may be forged (RFC 8601 section 5)."""
+    trusted = {t.lower() for t in trusted_authserv_ids}
+    for ar in msg.auth_results:  # header order: topmost first
+        if ar.authserv_id in trusted:
+            return ar
+    return None
+
+
 def authenticate(msg: Message, staff_email: str, ticket_id: str, verify_id: Callable[[str, str], str | None],
                  trusted_authserv_ids: list[str]) -> str | None:
     """How the staff sender proved who they are, or None (then commands are ignored and logged)."""
@@ -119,12 +131,11 @@ def authenticate(msg: Message, staff_email: str, ticket_id: str, verify_id: Call
         if verify_id(mid, staff_email) == ticket_id:
             return "signed reference"
     domain = staff_email.rpartition("@")[2].lower()
-    trusted = {t.lower() for t in trusted_authserv_ids}
-    for ar in msg.auth_results:
-        if ar.authserv_id not in trusted:
-            continue
-        if ar.dmarc == "pass" and (ar.dmarc_domain or domain) == domain:
-            return f"DMARC pass at {ar.authserv_id}"
-        if domain in ar.dkim_pass_domains:
-            return f"aligned DKIM pass at {ar.authserv_id}"
+    ar = trusted_result(msg, trusted_authserv_ids)
+    if ar is None or ar.dmarc in ("fail", "quarantine", "reject"):
+        return None
+    if ar.dmarc == "pass" and (ar.dmarc_domain or domain) == domain:
+        return f"DMARC pass at {ar.authserv_id}"
+    if domain in ar.dkim_pass_domains:
+        return f"aligned DKIM pass at {ar.authserv_id}"
     return None

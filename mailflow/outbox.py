@@ -147,6 +147,8 @@ class Outbox:
     def _capped(self, ticket: dict, to: str, now: datetime) -> str | None:
         """Flood protection for automatic mail: per address per hour, and per ticket."""
         ob = self.cfg.outbound
+        if to in self.cfg.staff_by_email():
+            return None  # staff need every notification: its signed Message-ID is how they reply
         if ticket.get("auto_sent", 0) >= ob.max_auto_per_ticket:
             return f"per-ticket cap of {ob.max_auto_per_ticket} automatic mails reached"
         key = f"auto:{to}"

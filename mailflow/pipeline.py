@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from mailflow import features, routing
-from mailflow.commands import authenticate, parse_commands
+from mailflow.commands import authenticate, parse_commands, trusted_result
 from mailflow.config import Config
 from mailflow.intake import Route, route
 from mailflow.model import Message
@@ -133,7 +133,9 @@ class Pipeline:
         now = utcnow()
         if r.kind in ("own", "auto", "bounce"):
             self.store.mark_seen(msg.message_id, msg.content_hash, r.kind)
-            if r.ticket_id and r.kind == "bounce":
+            if r.ticket_id and self.store.ticket(r.ticket_id) is None:
+                pass  # the ticket is archived: nothing to record it on
+            elif r.ticket_id and r.kind == "bounce":
                 failed = ", ".join(msg.bounce_recipients) or "unknown recipient"
                 t = self.store.ticket(r.ticket_id) or {}
                 failing = sorted({*t.get("failing_addresses", []), *msg.bounce_recipients})
@@ -164,6 +166,10 @@ class Pipeline:
             upd["participants"] = sorted(parts)
         self.store.update_ticket(tid, upd)
         t = self.store.ticket(tid) or t
+        why = self._untrusted(msg) if r.kind != "staff" else None
+        if why:
+            self.store.add_event(tid, "ignored", f"reply {why}: no reopen, rating or mail")
+            return
         if r.kind == "staff":
             self._staff_mail(msg, t, now)
         elif r.kind == "rating":
@@ -195,6 +201,12 @@ class Pipeline:
             log.warning("ticket=%s unauthenticated staff mail from %s: ignored", tid, self._who(who))
             return
         parsed = parse_commands(msg.subject, self.cfg.prefix, t.get("subject") or "")
+        bad = [f"[{c.raw}]: no staff member or team called {c.arg!r}" for c in parsed.commands
+               if c.name == "ASSIGN" and self._resolve_assignee(c.arg) is None]
+        bad += [f"[{c.raw}]: no other ticket {c.arg}" for c in parsed.commands
+                if c.name == "MERGE" and (c.arg == tid or self.store.ticket(c.arg) is None)]
+        if bad:
+            parsed.errors = bad
         if parsed.errors:
             self.store.add_event(tid, "command_error", "; ".join(parsed.errors))
             self.outbox.notify_staff(t, who, msg=msg, now=now, template="command_error",
@@ -220,13 +232,8 @@ class Pipeline:
             elif c.name == "PENDING":
                 upd["status"] = "pending"
             elif c.name == "ASSIGN":
-                target = self._resolve_assignee(c.arg)
-                if target is None:
-                    self.outbox.notify_staff(t, who, msg=msg, now=now, template="command_error",
-                                             extra={"error": {"text": f"[{c.raw}]: no staff member or team "
-                                                              f"called {c.arg!r}"}, "commands": [c.raw]})
-                    return
-                upd.update(team=target[0] or t.get("team"), assignee=target[1])
+                team, assignee = self._resolve_assignee(c.arg) or (None, None)
+                upd.update(team=team or t.get("team"), assignee=assignee)
             elif c.name == "PRIORITY":
                 upd["priority"] = c.arg
                 upd["sla"] = self._sla(t.get("created_at"), c.arg)
@@ -235,11 +242,6 @@ class Pipeline:
             elif c.name == "TAG":
                 upd["tags"] = sorted({*t.get("tags", []), *upd.get("tags", []), c.arg})
             elif c.name == "MERGE":
-                if c.arg == tid or self.store.ticket(c.arg) is None:
-                    self.outbox.notify_staff(t, who, msg=msg, now=now, template="command_error",
-                                             extra={"error": {"text": f"[{c.raw}]: no other ticket {c.arg}"},
-                                                    "commands": [c.raw]})
-                    return
                 upd.update(status="closed", closed_at=iso(now), merged_into=c.arg)
                 self.store.add_event(c.arg, "merged", f"{tid} merged into this ticket by {who}")
             elif c.name == "SPAM":
@@ -364,8 +366,6 @@ class Pipeline:
         self.store.add_ticket(ticket)
         self._add_message(msg, it, tid, "customer", now)
         self.store.set_meta("rr_state", ev.outcome.rr_state)
-        if f.assignee:
-            self._open_counts[f.assignee] = self._open_counts.get(f.assignee, 0) + 1
 
         if self._may_acknowledge(msg, tid) and not ev.outcome.no_ack:
             self.outbox.enqueue(ticket, ev.outcome.ack_template or "ack", msg=msg, auto=True, now=now)
@@ -380,19 +380,24 @@ class Pipeline:
         for to in ev.outcome.escalate:
             self.outbox.notify_staff(ticket, to, msg=msg, now=now, template="escalation",
                                      extra={"escalation": {"reason": "rule"}})
+        if f.assignee:  # last: nothing after this can fail and roll the ticket back
+            self._open_counts[f.assignee] = self._open_counts.get(f.assignee, 0) + 1
         return tid
 
-    def _may_acknowledge(self, msg: Message, tid: str) -> bool:
-        """No backscatter: never acknowledge spam or mail that fails DMARC at a trusted server."""
+    def _untrusted(self, msg: Message) -> str | None:
+        """Why mail must not be answered (no backscatter to forged senders), or None."""
         if msg.is_spam:
-            self.store.add_event(tid, "no_ack", "flagged as spam")
-            return False
-        trusted = {s.lower() for s in self.cfg.outbound.trusted_authserv_ids}
-        for ar in msg.auth_results:
-            if ar.authserv_id in trusted and ar.dmarc == "fail":
-                self.store.add_event(tid, "no_ack", f"DMARC fail at {ar.authserv_id}")
-                return False
-        return True
+            return "flagged as spam"
+        ar = trusted_result(msg, self.cfg.outbound.trusted_authserv_ids)
+        if ar is not None and ar.dmarc == "fail":
+            return f"DMARC fail at {ar.authserv_id}"
+        return None
+
+    def _may_acknowledge(self, msg: Message, tid: str) -> bool:
+        why = self._untrusted(msg)
+        if why:
+            self.store.add_event(tid, "no_ack", why)
+        return why is None
 
     def _add_message(self, msg: Message, it: Incoming, tid: str, kind: str, now: datetime) -> None:
         atts = []

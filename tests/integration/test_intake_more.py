@@ -6,7 +6,7 @@ from __future__ import annotations
 import mailbox
 import time
 
-from mailflow.store import Store
+from mailflow.store import Store, iso, utcnow
 from tests.integration.helpers import mailflow, make_mail, new_user, ticket, tickets, write_config
 
 
@@ -111,3 +111,31 @@ def test_broken_template_keeps_daemon_from_starting(tmp_path):
     assert r.returncode == 1 and "en/ack.txt.j2:1:" in r.stderr
     r = mailflow(cfg, "run", check=False, timeout=30)
     assert r.returncode != 0 and "ack.txt.j2:1" in r.stderr
+
+
+def test_spam_reply_does_not_reopen_and_gets_nothing(tmp_path, dovecot_server, smtp_sink):
+    user = new_user(dovecot_server)
+    cfg = write_config(tmp_path, dovecot_server, [user], smtp_sink)
+    dovecot_server.append(user, make_mail(1, sender="eve@customer.example", zh=False))
+    mailflow(cfg, "run", "--once")
+    [t] = tickets(cfg)
+    store = Store(tmp_path / "data")
+    with store.batch():
+        store.update_ticket(t["id"], {"status": "closed", "closed_at": iso(utcnow())})
+    n = len(smtp_sink.messages)
+    spam = make_mail(2, sender="eve@customer.example", subject=f"Re: [{t['id']}] buy now", zh=False,
+                     extra_headers="X-Spam-Flag: YES\r\n")
+    dovecot_server.append(user, spam)
+    mailflow(cfg, "run", "--once")
+    time.sleep(0.3)
+    shown = ticket(cfg, t["id"])
+    assert shown["status"] == "closed" and len(smtp_sink.messages) == n
+    assert any(e["kind"] == "ignored" for e in shown["events"])
+
+
+def test_corrupt_database_is_a_clear_error(tmp_path):
+    env = {"MAILFLOW_DATA_DIR": str(tmp_path / "d")}
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "mailflow.json").write_text('{"tickets": {"1": ')
+    r = mailflow(None, "tickets", "list", env=env, check=False)
+    assert r.returncode == 1 and "not valid JSON" in r.stderr and "Traceback" not in r.stderr

@@ -50,3 +50,13 @@ def test_authentication_needs_signed_reference_or_trusted_dmarc():
     assert authenticate(msg, "alice@support.example", "CW202611230001", none, ["other.example"]) is None
     msg.auth_results = [AuthResult("mx.support.example", dmarc="pass", dmarc_domain="evil.example")]
     assert authenticate(msg, "alice@support.example", "CW202611230001", none, ["mx.support.example"]) is None
+
+
+def test_a_forged_authentication_results_below_ours_proves_nothing():
+    raw = (b"Authentication-Results: mx.support.example; dmarc=fail header.from=support.example\r\n"
+           b"Authentication-Results: mx.support.example; dmarc=pass header.from=support.example\r\n"
+           b"From: alice@support.example\r\nSubject: Re: [CW202611230001] [CLOSE]\r\n"
+           b"Message-ID: <s2@evil.example>\r\n\r\nok\r\n")
+    msg = parse_message(raw)
+    none = lambda mid, who: None  # noqa: E731
+    assert authenticate(msg, "alice@support.example", "CW202611230001", none, ["mx.support.example"]) is None

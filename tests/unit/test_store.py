@@ -148,3 +148,58 @@ def test_prune_drops_old_seen_keys_and_sent_rows(tmp_path):
     s2 = Store(tmp_path)
     assert not s2.already_seen("a@x", "h")
     assert [r["file"] for r in s2.outbox_rows().values()] == ["f2.eml"]
+
+
+def test_replay_of_archived_mail_is_still_a_duplicate(tmp_path):
+    s = Store(tmp_path)
+    old = iso(datetime.now(UTC) - timedelta(days=60))
+    with s.batch():
+        s.add_ticket(_ticket("CW202609010001", status="closed", closed_at=old, created_at=old))
+        s.add_message({"ticket_id": "CW202609010001", "message_id": "old@x", "hash": "h", "direction": "in"})
+        s.archive(30)
+    assert Store(tmp_path).already_seen("old@x", "h")
+
+
+def test_a_failed_commit_leaves_nothing_in_memory(tmp_path, monkeypatch):
+    import mailflow.store as store_mod
+
+    s = Store(tmp_path)
+    with s.batch():
+        s.add_ticket(_ticket("CW202611230001"))
+
+    def full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store_mod, "write_atomic", full)
+    with pytest.raises(OSError), s.batch():
+        s.add_ticket(_ticket("CW202611230002"))
+        s.add_outbox({"status": "queued", "ticket_id": "CW202611230002"})
+    assert s.ticket("CW202611230002") is None and s.outbox_rows() == {}
+    assert s.ticket("CW202611230001") is not None
+
+
+def test_savepoint_undoes_indexes_too(tmp_path):
+    s = Store(tmp_path)
+    now = datetime.now(UTC)
+    with s.batch():
+        with pytest.raises(ValueError), s.savepoint():
+            s.add_ticket(_ticket("CW202611230001", category="complaint"))
+            s.add_message({"ticket_id": "CW202611230001", "message_id": "m@x", "hash": "h", "direction": "in"})
+            s.mark_seen("a@x", "h2", "auto")
+            s.set_meta("k", 1)
+            raise ValueError
+        assert s.ticket_of_message_id("m@x") is None and not s.already_seen("m@x", "h")
+        assert not s.already_seen("a@x", "h2") and s.get_meta("k") is None
+        assert s.customer_stats("a@b.example", now) == (0, 0)
+        s.add_ticket(_ticket("CW202611230002"))
+    assert [t["id"] for t in Store(tmp_path).all_tickets()] == ["CW202611230002"]
+
+
+def test_prune_drops_stale_flood_cap_rows(tmp_path):
+    s = Store(tmp_path)
+    with s.batch():
+        s.set_meta("auto:old@x", [iso(datetime.now(UTC) - timedelta(hours=2))])
+        s.set_meta("auto:new@x", [iso(datetime.now(UTC))])
+        s.prune()
+    s2 = Store(tmp_path)
+    assert s2.get_meta("auto:old@x") is None and s2.get_meta("auto:new@x")
