@@ -137,9 +137,9 @@ class MailboxWorker:
             cp = store.checkpoint(self.cfg.name)
         last_uid = int(cp.get("last_uid", 0))
         if cp.get("uidvalidity") not in (None, src.uidvalidity):
-            log.warning("mailbox=%s UIDVALIDITY changed %s -> %s: resyncing by Message-ID",
-                        self.cfg.name, cp.get("uidvalidity"), src.uidvalidity)
-            last_uid = 0
+            last_uid = self._resync(src)
+            log.warning("mailbox=%s UIDVALIDITY changed %s -> %s: resynced by Message-ID, resuming "
+                        "after new UID %d", self.cfg.name, cp.get("uidvalidity"), src.uidvalidity, last_uid)
         stats = PollStats()
         self.expect("search", self._t(2, 5))
         uids = src.pending_uids(last_uid)
@@ -194,6 +194,21 @@ class MailboxWorker:
                 self.pipeline.store.set_checkpoint(self.cfg.name, last_error=f"{iso(utcnow())} {reason}")
         except Exception as err:  # a status write must never take the worker down
             log.error("mailbox=%s cannot record the error: %s", self.cfg.name, err)
+
+    def _resync(self, src: ImapSource, anchors: int = 50) -> int:
+        """The server renumbered the folder: find where we were by Message-ID, not by UID.
+
+        The newest messages processed from this mailbox are looked up in the new numbering and
+        the smallest UID found, less one, becomes the checkpoint: at most `anchors` messages are
+        read again (intake's idempotency skips them), none is skipped. Nothing found: re-read
+        the folder from the start (idempotency again makes that safe, only slower)."""
+        store = self.pipeline.store
+        with store.mutex:
+            mine = [m for m in store.messages_of_mailbox(self.cfg.name) if m.get("uid") is not None]
+        mine.sort(key=lambda m: m["uid"])
+        ids = [m["message_id"] for m in mine[-anchors:]]
+        found = src.find_uids_by_message_id(ids) if ids else {}
+        return max(0, min(found.values()) - 1) if found else 0
 
     # ---- the daemon's loop ----------------------------------------------------------------------
 

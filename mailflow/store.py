@@ -381,6 +381,10 @@ class Store:
         table = self._table("messages")
         return [table[k] for k in self._msgs_by_ticket.get(tid, []) if k in table]
 
+    def messages_of_mailbox(self, mailbox: str) -> list[dict]:
+        """Every hot message that came in through one mailbox (a scan: for rare resyncs only)."""
+        return [m for m in self._table("messages").values() if m.get("mailbox") == mailbox]
+
     def ticket_of_message_id(self, message_id: str) -> str | None:
         for _h, ref in self._msg.get(message_id, []):
             if ref.ticket_id:

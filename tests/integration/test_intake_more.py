@@ -36,16 +36,18 @@ def tickets_env(env):
 def test_uidvalidity_change_resyncs_without_duplicates(tmp_path, dovecot_server):
     user = new_user(dovecot_server)
     cfg = write_config(tmp_path, dovecot_server, [user])
-    dovecot_server.append_many(user, [make_mail(i) for i in range(5)])
+    dovecot_server.append_many(user, [make_mail(i) for i in range(60)])
     mailflow(cfg, "run", "--once")
-    assert len(tickets(cfg)) == 5
+    assert len(tickets(cfg)) == 60
     store = Store(tmp_path / "data")
-    with store.batch():
+    with store.batch():  # as if the server had renumbered the folder
         store.set_checkpoint(user, uidvalidity=1, last_uid=999)
     dovecot_server.append(user, make_mail(99))
     r = mailflow(cfg, "run", "--once")
-    assert "UIDVALIDITY changed" in r.stderr
-    assert len(tickets(cfg)) == 6
+    # the newest 50 processed mails are found by Message-ID: only they are read again (and skipped)
+    assert "UIDVALIDITY changed" in r.stderr and "resuming after new UID 10" in r.stderr
+    assert f"{user}: 51 fetched, 1 new tickets" in r.stdout
+    assert len(tickets(cfg)) == 61
 
 
 def test_attachment_cap(tmp_path):
