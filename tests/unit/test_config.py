@@ -84,3 +84,14 @@ def test_toml_syntax_error_is_reported(tmp_path):
     with pytest.raises(config.ConfigError) as e:
         config.load(p)
     assert str(p) in e.value.problems[0] and "TOML" in e.value.problems[0]
+
+
+def test_password_file_expands_credentials_directory(tmp_path, monkeypatch):
+    (tmp_path / "imap").write_text("s3cret\n")
+    s = config.Secret(file="${CREDENTIALS_DIRECTORY}/imap")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert s.get() == "s3cret"
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    with pytest.raises(config.ConfigError) as e:
+        s.get()
+    assert "CREDENTIALS_DIRECTORY not set" in e.value.problems[0]
