@@ -64,7 +64,11 @@ class Ctx:
                     click.echo(p, err=True)
                 sys.exit(2)
             setup_logging(self.log_level or self._cfg.log_level)
-            _Redact.secrets = [mb.password.value or "" for mb in self._cfg.mailboxes]
+            c = self._cfg
+            smtps = [c.smtp, *(mb.smtp for mb in c.mailboxes)]
+            literal = [mb.password.value for mb in c.mailboxes] + [s.password.value for s in smtps if s] \
+                + [c.outbound.hmac_key.value]
+            _Redact.secrets = [x for x in literal if x and len(x) >= 4]  # "x" would mangle every line
         return self._cfg
 
     def store(self) -> Store:

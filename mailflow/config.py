@@ -5,6 +5,7 @@ Every error names the file and the key, because the admin who reads it is lookin
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -238,6 +239,7 @@ def _smtp(r: _Reader, t: dict, prefix: str) -> SmtpConfig:
         r.err(f"{prefix}token_command", "required when auth = \"xoauth2\"")
     if not 0 < c.port < 65536:
         r.err(f"{prefix}port", "must be between 1 and 65535")
+    _positive(r, f"{prefix}timeout", c.timeout)
     return c
 
 
@@ -287,13 +289,25 @@ def _mailbox(r: _Reader, t: dict, i: int) -> MailboxConfig | None:
         r.err(f"{prefix}after", f"must be seen, keep or move:<folder>, not {mb.after!r}")
     if not 0 < mb.port < 65536:
         r.err(f"{prefix}port", "must be between 1 and 65535")
-    if mb.address and "@" not in mb.address:
-        r.err(f"{prefix}address", f"not an email address: {mb.address!r}")
+    _plain_address(r, f"{prefix}address", mb.address)
     if not mb.address and "@" in mb.user:
         mb.address = mb.user
     if mb.batch_size < 1:
         r.err(f"{prefix}batch_size", "must be at least 1")
+    for key in ("poll_interval", "timeout"):
+        _positive(r, f"{prefix}{key}", getattr(mb, key))
     return mb
+
+
+def _positive(r: _Reader, key: str, v: float) -> None:
+    if not math.isfinite(v) or v <= 0:
+        r.err(key, f"must be a positive number, not {v!r}")
+
+
+def _plain_address(r: _Reader, key: str, v: str) -> None:
+    """What goes on From/Reply-To and the SMTP envelope: local@domain, no display name."""
+    if v and not re.fullmatch(r"[^\s<>()\[\],;:\\\"@]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+", v):
+        r.err(key, f"not a plain address like support@example.com: {v!r} (put a display name in from_name)")
 
 
 def _hours_table(r: _Reader, t: dict, key: str, default: dict[str, float]) -> dict[str, float]:
@@ -436,6 +450,21 @@ def from_dict(data: dict, fname: str, base: Path, path: Path | None = None) -> C
         hmac_key=r.secret(outbound, "outbound.", "hmac_key"),
     )
     cfg.outbound = ob
+    for key in ("retry_for_hours", "backoff_initial", "backoff_max"):
+        _positive(r, f"outbound.{key}", getattr(ob, key))
+    if ob.backoff_initial > ob.backoff_max:
+        r.err("outbound.backoff_initial", "must not exceed backoff_max")
+    for key in ("max_auto_per_hour", "max_auto_per_ticket"):
+        if getattr(ob, key) < 0:
+            r.err(f"outbound.{key}", "must be >= 0")
+    for key, values in (("outbound.trusted_authserv_ids", ob.trusted_authserv_ids),
+                        ("routing.escalation_chain", cfg.escalation_chain)):
+        for i, v in enumerate(values):
+            if not isinstance(v, str) or not v:
+                r.err(f"{key}[{i}]", f"must be a non-empty string, not {v!r}")
+    for i, v in enumerate(cfg.escalation_chain):
+        if isinstance(v, str):
+            _plain_address(r, f"routing.escalation_chain[{i}]", v)
 
     mbs = data.get("mailbox", [])
     if isinstance(mbs, dict):
@@ -479,6 +508,9 @@ def from_dict(data: dict, fname: str, base: Path, path: Path | None = None) -> C
             teams=r.get(t, "teams", list, [], prefix),
             role=r.get(t, "role", str, "agent", prefix),
         )
+        if not all(isinstance(x, str) and x for x in m.teams):
+            r.err(f"{prefix}teams", "must be a list of team names")
+            m.teams = [x for x in m.teams if isinstance(x, str) and x]
         if m.role not in ("agent", "lead", "manager"):
             r.err(f"{prefix}role", f"must be agent, lead or manager, not {m.role!r}")
         cfg.staff.append(m)

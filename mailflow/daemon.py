@@ -594,8 +594,11 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
-        with self.store.mutex:
-            self.pipeline.outbox.fold_journal()  # results of a flush that a crash cut short
+        try:
+            with self.store.mutex:
+                self.pipeline.outbox.fold_journal()  # results of a flush that a crash cut short
+        except Exception as e:  # the sender retries the fold; never refuse to start over it
+            log.error("cannot fold the outbox journal yet: %s: %s", type(e).__name__, e)
         sd_notify(f"STATUS=starting: connecting {len(self.workers)} mailbox(es)")
         log.info("starting: %d mailbox(es), data %s, watchdog %s", len(self.workers), self.cfg.data_dir,
                  f"{self.watchdog:g}s" if self.watchdog else "off")

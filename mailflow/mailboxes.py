@@ -25,6 +25,7 @@ from mailflow.pipeline import Incoming, Pipeline, Result
 from mailflow.store import iso, parse_iso, utcnow
 
 log = logging.getLogger("mailflow.mailbox")
+MAX_BATCH_BYTES = 64 * 1024 * 1024  # raw mail held in memory per batch
 
 PROCESS_ALLOWANCE = 300.0  # seconds one batch may spend in parsing, rules and the database commit
 AUTH_RETRY_MIN = 30.0  # a rejected login is not retried sooner than this
@@ -146,14 +147,20 @@ class MailboxWorker:
         # one commit rewrites the whole hot database, so a long backlog goes in ~20 commits
         # (batch_size is the floor; 1,000 the ceiling) rather than one per 100 messages
         size = max(1, self.cfg.batch_size, min(1000, len(uids) // 20))
-        for i in range(0, len(uids), size):
+        i = 0
+        while i < len(uids):
             if stop is not None and stop.is_set():
                 break
             chunk = uids[i:i + size]
-            self.expect("fetch", self._t(6, 30))
-            fetched = list(src.fetch(chunk))
-            items = [Incoming(raw, self.cfg.name, uid) for uid, raw in fetched]
-            top = max(chunk)
+            items, nbytes, top = [], 0, chunk[-1]
+            for uid, raw in src.fetch(chunk):  # one round trip per cfg.batch_size messages
+                self.expect("fetch", self._t(6, 30))  # a heartbeat per message, not per batch
+                items.append(Incoming(raw, self.cfg.name, uid))
+                nbytes += len(raw)
+                if nbytes >= MAX_BATCH_BYTES and uid != chunk[-1]:
+                    top = uid  # big attachments: commit what we hold, the rest is the next batch
+                    break
+            i += chunk.index(top) + 1
             self.expect("process", PROCESS_ALLOWANCE)
             results: list[Result] = self.pipeline.process(
                 items, checkpoint=(self.cfg.name, {"uidvalidity": src.uidvalidity, "last_uid": top,

@@ -288,7 +288,7 @@ class Outbox:
                     self._record_failure(tid, ", ".join(row["to"]), e["detail"])
                 else:
                     attempts = row["attempts"] + 1
-                    delay = min(ob.backoff_max, ob.backoff_initial * 2 ** (attempts - 1))
+                    delay = min(ob.backoff_max, ob.backoff_initial * 2.0 ** min(attempts - 1, 30))
                     delay *= random.uniform(0.8, 1.2)
                     created = parse_iso(row["created_at"]) or now
                     if now - created > timedelta(hours=ob.retry_for_hours):

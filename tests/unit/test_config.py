@@ -95,3 +95,29 @@ def test_password_file_expands_credentials_directory(tmp_path, monkeypatch):
     with pytest.raises(config.ConfigError) as e:
         s.get()
     assert "CREDENTIALS_DIRECTORY not set" in e.value.problems[0]
+
+
+def test_values_that_would_break_at_runtime_are_rejected(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('''
+[outbound]
+backoff_initial = 0
+trusted_authserv_ids = [1]
+[routing]
+escalation_chain = ["Boss <boss@x.example>"]
+[[mailbox]]
+name = "a"
+host = "imap.example"
+address = "Support <support@x.example>"
+poll_interval = nan
+timeout = -1
+[[staff]]
+email = "a@x.example"
+teams = [3]
+''')
+    with pytest.raises(config.ConfigError) as e:
+        config.load(p)
+    text = "\\n".join(e.value.problems)
+    for key in ("outbound.backoff_initial", "outbound.trusted_authserv_ids[0]", "routing.escalation_chain[0]",
+                "mailbox[0].address", "mailbox[0].poll_interval", "mailbox[0].timeout", "staff[0].teams"):
+        assert f"{p}: {key}:" in text, key
