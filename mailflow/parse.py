@@ -195,7 +195,8 @@ def _decode_encoded_words(text: str) -> str:
             out.append(m.group(0))
             pos = m.end()
             continue
-        if pending and charset.lower() != (pending_cs or "").lower():
+        # compare codecs, not labels: "gbk" and "GB2312" words may split one character
+        if pending and (_codec(charset) or charset.lower()) != (_codec(pending_cs or "") or (pending_cs or "").lower()):
             flush()
         pending.append(data)
         pending_cs = charset

@@ -651,3 +651,11 @@ def test_hostile_html_and_headers_are_handled():
     raw = b"From: MAILER-DAEMON@x.example\r\nSubject: fail\r\nMessage-ID: <b@x>\r\n\r\n" + b"\r\n" * 120000
     assert parse_message(raw).auto_kind == "bounce"
     assert html_to_text("<p>a &lt; b</p><p>x < y and y > z</p>") == "a < b\n\nx < y and y > z"
+
+
+def test_one_character_split_across_gbk_and_gb2312_words():
+    import base64
+
+    b = "中文字符".encode("gbk")
+    v = f"=?gbk?B?{base64.b64encode(b[:3]).decode()}?= =?GB2312?B?{base64.b64encode(b[3:]).decode()}?="
+    assert decode_header_value(v)[0] == "中文字符"
