@@ -80,11 +80,13 @@ class Outbox:
                                                      and self.cfg.mailboxes[0].address else "")
         return addr.partition("@")[2] or "mailflow.invalid"
 
+    def _mac(self, tid: str, recipient: str, rand: str) -> str:
+        return hmac.new(self.key, f"{tid}|{recipient.lower()}|{rand}".encode(), hashlib.sha256).hexdigest()[:16]
+
     def mint_id(self, tid: str, recipient: str, mailbox: str | None) -> str:
         """`<tid>.<rand>.<hmac>@domain`: only recipients of our mail can quote a valid one."""
         rand = secrets.token_hex(6)
-        mac = hmac.new(self.key, f"{tid}|{recipient.lower()}|{rand}".encode(), hashlib.sha256).hexdigest()[:16]
-        return f"{tid}.{rand}.{mac}@{self._domain(mailbox)}"
+        return f"{tid}.{rand}.{self._mac(tid, recipient, rand)}@{self._domain(mailbox)}"
 
     def verify_id(self, message_id: str, recipient: str) -> str | None:
         """The ticket id a minted Message-ID was made for `recipient`, or None if it is not genuine."""
@@ -93,8 +95,7 @@ class Outbox:
         if len(parts) != 3:
             return None
         tid, rand, mac = parts
-        want = hmac.new(self.key, f"{tid}|{recipient.lower()}|{rand}".encode(), hashlib.sha256).hexdigest()[:16]
-        return tid if hmac.compare_digest(want, mac) else None
+        return tid if hmac.compare_digest(self._mac(tid, recipient, rand), mac) else None
 
     # ---- context ----------------------------------------------------------------------------
 

@@ -181,6 +181,7 @@ class Store:
         self.mutex = threading.RLock()
         self.index_path = self.dir / "archive" / "index.jsonl"
         self._archived_ids: dict[str, str] | None = None
+        self._archived_tids: set[str] | None = None
         self._undo: list[tuple[str, str, dict | None]] | None = None
         self._undo_idx: list | None = None
         self._build_indexes()
@@ -525,7 +526,7 @@ class Store:
         return self._archived_ids
 
     def archived_tickets(self) -> set[str]:
-        if not hasattr(self, "_archived_tids") or self._archived_ids is None:
+        if self._archived_tids is None:
             self._archived_tids = set(self.archived_ids().values())
         return self._archived_tids
 
