@@ -275,20 +275,19 @@ class Outbox:
                 row = rows.get(k)
                 if row is None or row["status"] != "queued":
                     continue
-                tid = row["ticket_id"]
+                tid, attempts = row["ticket_id"], row["attempts"] + 1
                 if e["status"] == "sent":
                     self.store.update_outbox(k, {"status": "sent", "sent_at": e["at"], "last_error": None,
-                                                 "attempts": row["attempts"] + 1})
+                                                 "attempts": attempts})
                     for rcpt, why in (e.get("refused") or {}).items():
                         self._record_failure(tid, rcpt, why)
                     for rcpt, why in (e.get("deferred") or {}).items():
                         self.store.add_event(tid, "send_deferred", f"{rcpt}: {why} (other recipients accepted)")
                 elif e["status"] == "perm":
                     self.store.update_outbox(k, {"status": "failed", "last_error": e["detail"],
-                                                 "attempts": row["attempts"] + 1})
+                                                 "attempts": attempts})
                     self._record_failure(tid, ", ".join(row["to"]), e["detail"])
                 else:
-                    attempts = row["attempts"] + 1
                     delay = min(ob.backoff_max, ob.backoff_initial * 2.0 ** min(attempts - 1, 30))
                     delay *= random.uniform(0.8, 1.2)
                     created = parse_iso(row["created_at"]) or now
@@ -299,8 +298,9 @@ class Outbox:
                     else:
                         self.store.update_outbox(k, {"attempts": attempts, "last_error": e["detail"],
                                                      "next_attempt_at": iso(now + timedelta(seconds=delay))})
-        os.replace(self.journal, self.journal.with_suffix(".done"))
-        self.journal.with_suffix(".done").unlink(missing_ok=True)
+        # committed: the journal is spent (a crash before this line refolds harmlessly: rows that
+        # are no longer queued are skipped)
+        self.journal.unlink(missing_ok=True)
 
     def _record_failure(self, tid: str, rcpt: str, why: str) -> None:
         t = self.store.ticket(tid)
