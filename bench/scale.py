@@ -75,7 +75,7 @@ def _ticket_and_messages(rng: random.Random, serials: dict[str, int], now: datet
                    {"at": _iso(resolved), "kind": "resolved", "detail": "by agent"},
                    {"at": _iso(closed), "kind": "rated" if rating else "closed",
                     "detail": f"satisfaction {rating}/5; closed" if rating else "closed after 7 days"}],
-        "rating": rating, "reopen_count": 0, "message_count": 3 + (rating is not None), "auto_sent": 2,
+        "rating": rating, "reopen_count": 0, "auto_sent": 2,
         "failing_addresses": [], "mentioned_staff": [],
     }
     text = _TEXT[lang].replace("{n}", str(k))

@@ -159,7 +159,7 @@ class Pipeline:
         assert t is not None
         kind = "staff" if r.kind == "staff" else "customer"
         self._add_message(msg, it, tid, kind, now)
-        upd: dict = {"updated_at": iso(now), "message_count": t.get("message_count", 0) + 1}
+        upd: dict = {"updated_at": iso(now)}
         if kind == "customer":
             parts = set(t.get("participants", []))
             parts.update(a for a in msg.cc if a not in self._support_addresses())
@@ -357,7 +357,7 @@ class Pipeline:
             "rules_fired": [list(x) for x in ev.outcome.fired],
             "events": [{"at": iso(now), "kind": "created",
                         "detail": f"from mailbox {it.mailbox or 'ingest'}"}],
-            "rating": None, "reopen_count": 0, "message_count": 1, "auto_sent": 0,
+            "rating": None, "reopen_count": 0, "auto_sent": 0,
             "failing_addresses": [], "mentioned_staff": sorted(ev.mentioned),
         }
         if ev.outcome.fired:
