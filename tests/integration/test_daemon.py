@@ -364,12 +364,17 @@ MARKER_RULE = """
 """
 
 
-def test_sighup_reloads_rules_and_rejects_a_broken_set(tmp_path, dovecot_server, notify):
+def _own_rules_setup(tmp_path, dovecot_server):
+    """A mailbox user and a config whose rules dir is a copy we may edit: (user, cfg, classify.yaml, its text)."""
     a = user(dovecot_server)
     rules = _rules_copy(tmp_path)
     cfg = config(tmp_path, [mailbox_toml(a, dovecot_server.port)], extra=f'[rules]\ndir = "{rules}"\n')
     classify = rules / "classify.yaml"
-    good = classify.read_text(encoding="utf-8")
+    return a, cfg, classify, classify.read_text(encoding="utf-8")
+
+
+def test_sighup_reloads_rules_and_rejects_a_broken_set(tmp_path, dovecot_server, notify):
+    a, cfg, classify, good = _own_rules_setup(tmp_path, dovecot_server)
     with daemon(cfg, notify) as run:
         notify.wait("READY", "1")
         # a good change goes live on SIGHUP
@@ -423,11 +428,7 @@ def test_sighup_reloads_rules_and_rejects_a_broken_set(tmp_path, dovecot_server,
 
 
 def test_rule_file_change_reloads_without_a_signal(tmp_path, dovecot_server, notify):
-    a = user(dovecot_server)
-    rules = _rules_copy(tmp_path)
-    cfg = config(tmp_path, [mailbox_toml(a, dovecot_server.port)], extra=f'[rules]\ndir = "{rules}"\n')
-    classify = rules / "classify.yaml"
-    good = classify.read_text(encoding="utf-8")
+    a, cfg, classify, good = _own_rules_setup(tmp_path, dovecot_server)
     with daemon(cfg, notify) as run:
         notify.wait("READY", "1")
         classify.write_text(good + "\n- name: [unclosed\n", encoding="utf-8")  # broken: kept out
