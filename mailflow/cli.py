@@ -13,10 +13,11 @@ import click
 
 from mailflow import config as config_mod
 from mailflow import resources
+from mailflow.clock import Clock
 from mailflow.errors import ProblemsError
 from mailflow.privacy import MaskAddresses
 from mailflow.spool import Spool
-from mailflow.store import OPEN_STATUSES, Store, StoreError, iso, lock_process, utcnow
+from mailflow.store import Store, StoreError
 
 log = logging.getLogger("mailflow")
 
@@ -49,10 +50,14 @@ def setup_logging(level: str) -> None:
 
 
 class Ctx:
-    def __init__(self, config_path: str | None, log_level: str | None):
+    def __init__(self, config_path: str | None, log_level: str | None, now: str | None = None):
         self.config_path = config_path
         self.log_level = log_level
         self._cfg: config_mod.Config | None = None
+        try:
+            self.clock = Clock.parse(now)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--now") from None
 
     @property
     def cfg(self) -> config_mod.Config:
@@ -74,17 +79,18 @@ class Ctx:
     def store(self) -> Store:
         return Store(self.cfg.data_dir)
 
-    def pipeline(self):
-        from mailflow.daemon import load_all
-        from mailflow.pipeline import Pipeline
+    def runtime(self):
+        from mailflow.runtime import LoadError, Runtime
 
         try:
-            rules, templates = load_all(self.cfg)
-        except Exception as e:
-            for p in getattr(e, "problems", [str(e)]):
+            return Runtime.load(self.cfg, self.clock, config_path=self.config_path)
+        except LoadError as e:
+            for p in e.problems:
                 click.echo(p, err=True)
             sys.exit(2)
-        return Pipeline(self.cfg, self.store(), rules, templates)
+
+    def pipeline(self):
+        return self.runtime().pipeline
 
 
 class _Group(click.Group):
@@ -106,11 +112,14 @@ class _Group(click.Group):
 @click.option("--config", "config_path", envvar="MAILFLOW_CONFIG", type=click.Path(dir_okay=False),
               help="TOML config file (default: $MAILFLOW_CONFIG, else the embedded defaults).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
+@click.option("--now", "now", metavar="ISO", default=None,
+              help="Run as of this instant (ISO 8601 with offset, e.g. 2026-11-24T12:00+08:00): every "
+                   "timestamp, SLA clock and schedule uses it. For tests and for trying rules.")
 @click.version_option(package_name="mailflow")
 @click.pass_context
-def main(ctx: click.Context, config_path: str | None, log_level: str | None) -> None:
+def main(ctx: click.Context, config_path: str | None, log_level: str | None, now: str | None) -> None:
     """mailflow: a support team's customer-feedback loop over plain email."""
-    ctx.obj = Ctx(config_path, log_level)
+    ctx.obj = Ctx(config_path, log_level, now)
 
 
 # ---- init / check -----------------------------------------------------------------------------
@@ -164,10 +173,19 @@ def check(obj: Ctx) -> None:
 @click.option("--once", is_flag=True, help="One pass over every mailbox and the outbox, then exit.")
 @click.pass_obj
 def run(obj: Ctx, once: bool) -> None:
-    """Fetch, process and answer mail (IDLE where offered, polling otherwise)."""
+    """Fetch, process and answer mail (IDLE where offered, polling otherwise).
+
+    `run --once` exits 0 when everything was done, 1 when a daemon already runs on the data
+    directory, 2 on a broken config, rule or template, 3 when a mailbox or the SMTP server could
+    not be reached (everything else was still done)."""
+    from mailflow import services
+
     cfg = obj.cfg
     if once:
-        sys.exit(run_once(obj))
+        rep = services.run_once(obj.runtime(), click.echo, lambda m: click.echo(m, err=True))
+        sys.exit(rep.exit)
+    if obj.clock.fixed is not None:
+        raise click.UsageError("--now is for `run --once` and the other one-shot commands, not the daemon")
     from mailflow.daemon import Daemon
 
     try:
@@ -180,71 +198,22 @@ def run(obj: Ctx, once: bool) -> None:
     sys.exit(asyncio.run(d.main()))
 
 
-def run_once(obj: Ctx) -> int:
-    """One pass: every mailbox's pending mail, with the outbox sent alongside by the daemon's own
-    sender thread (rows become visible to it only once their batch is committed), then a last
-    flush of everything still due."""
-    from mailflow.daemon import Sender
-    from mailflow.fetch import FetchError
-    from mailflow.mailboxes import MailboxWorker
+def _ingest(obj: Ctx, paths: list[Path], echo=None) -> list:
+    from mailflow import services
 
-    p = obj.pipeline()
-    lock = lock_process(p.store.dir)
-    if lock is None:
-        click.echo(f"a mailflow daemon is running on {p.store.dir}; it already does what --once would",
-                   err=True)
-        return 1
-    smtp_timeout = max([s.timeout for s in [p.cfg.smtp, *(m.smtp for m in p.cfg.mailboxes)] if s] or [30.0])
-    with p.store.mutex:
-        p.outbox.fold_journal()  # results of a flush that a crash cut short
-    sender = Sender(p.outbox, p.store.mutex, lambda: smtp_timeout, interval=0.5)
-    sender.next_housekeeping = float("inf")  # once, below, after the last flush
-    sender.start()
-    try:
-        for mb in obj.cfg.mailboxes:
-            w = MailboxWorker(mb, p)
-            try:
-                s = w.poll()
-                sender.wake()
-                click.echo(f"{mb.name}: {s.fetched} fetched, {s.new} new tickets, {s.quarantined} quarantined")
-            except FetchError as e:
-                w.record_error(e)
-                click.echo(f"{mb.name}: {e}", err=True)
-            finally:
-                w.close()
-    finally:
-        sender.finish()
-        sender.thread.join()
-    stats = sender.totals
-    archived, pruned = p.outbox.housekeeping()
-    if archived or pruned:
-        click.echo(f"housekeeping: {archived} closed tickets archived, {pruned} sent rows pruned")
-    line = f"outbox: {stats.sent} sent, {stats.temp} temporary failures, {stats.perm} failed, {stats.queued} queued"
-    if stats.no_smtp:
-        line += f" ({stats.no_smtp} waiting: no [smtp] configured)"
-    click.echo(line)
-    return 0
-
-
-def _ingest(obj: Ctx, paths: list[Path]) -> list:
-    from mailflow.pipeline import Incoming, read_paths
-
-    p = obj.pipeline()
-    items = [Incoming(raw) for _label, raw in read_paths(paths)]
-    results = []
-    for i in range(0, len(items), 100):
-        results += p.process(items[i:i + 100])
-    return results
+    results = services.ingest(obj.runtime(), paths, on_result=echo)
+    return [r for _label, r in results]
 
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.pass_obj
 def ingest(obj: Ctx, paths: tuple[Path, ...]) -> None:
-    """Run the pipeline on local .eml files, mbox files or Maildir folders."""
-    results = _ingest(obj, list(paths))
-    for r in results:
-        click.echo(f"{r.kind:12} {r.ticket_id or '-':16} {r.reason}")
+    """Run the pipeline on local .eml files, mbox files or Maildir folders (one line per message)."""
+    def line(label: str, r) -> None:
+        click.echo(f"{r.kind:12} {r.ticket_id or '-':16} {label}{'  ' + r.reason if r.reason else ''}")
+
+    results = _ingest(obj, list(paths), echo=line)
     counts: dict[str, int] = {}
     for r in results:
         counts[r.kind] = counts.get(r.kind, 0) + 1
@@ -259,8 +228,8 @@ def demo(ctx: click.Context, obj: Ctx) -> None:
     samples = sorted(resources.samples().glob("*.eml"))
     click.echo(f"data directory: {obj.cfg.data_dir}")
     click.echo(f"ingesting {len(samples)} sample mails from {resources.samples()}")
-    for r in _ingest(obj, samples):
-        click.echo(f"  {r.kind:12} {r.ticket_id or '-':16} {r.reason}")
+    _ingest(obj, samples, echo=lambda label, r: click.echo(f"  {r.kind:12} {r.ticket_id or '-':16} "
+                                                           f"{Path(label).name}"))
     ctx.invoke(tickets_list, status=None, as_json=False)
     click.echo(f"outbox: {len(_outbox_rows(obj))} mails rendered and queued (see `mailflow outbox list`; "
                "they go out once [smtp] is configured)")
@@ -274,13 +243,15 @@ def simulate(obj: Ctx, files: tuple[Path, ...], as_json: bool) -> None:
     """Show what mailflow would do with each mail, without touching the database or sending."""
     from mailflow.simulate import simulate_files
 
-    out = simulate_files(obj.pipeline(), list(files))
+    out = simulate_files(obj.pipeline(), list(files), now=obj.clock.now())
     if as_json:
         click.echo(json.dumps(out, ensure_ascii=False, indent=2, default=str))
         return
     for r in out:
         click.echo(f"== {r['file']}")
-        for k in ("route", "ticket_id", "category", "priority", "team", "assignee", "tags", "error"):
+        if r.get("note"):
+            click.echo(f"  note: {r['note']}")
+        for k in ("route", "ticket_id", "status", "category", "priority", "team", "assignee", "tags", "error"):
             if r.get(k) not in (None, [], ""):
                 click.echo(f"  {k}: {r[k]}")
         feats = r.get("features") or {}
@@ -288,6 +259,14 @@ def simulate(obj: Ctx, files: tuple[Path, ...], as_json: bool) -> None:
             click.echo("  features: " + ", ".join(f"{k}={v}" for k, v in feats.items()))
         for s, n in r.get("fired", []):
             click.echo(f"  fired: {s}/{n}")
+        plan = r.get("plan") or {}
+        for u in plan.get("updates", []):
+            click.echo(f"  would change {u['ticket']}: " + ", ".join(f"{k}={v}" for k, v in u["fields"].items()
+                                                                    if k != "updated_at"))
+        for e in plan.get("events", []):
+            click.echo(f"  would record on {e['ticket']}: {e['kind']}: {e.get('detail', '')}")
+        for n in plan.get("notes", []):
+            click.echo(f"  note: {n}")
         for m in r.get("mails", []):
             click.echo(f"  would send: {m['template']} to {', '.join(m['to'])}: {m['subject']}")
 
@@ -415,18 +394,11 @@ def quarantine_show(obj: Ctx, qid: str, raw: bool) -> None:
 @click.pass_obj
 def quarantine_replay(obj: Ctx, qid: str) -> None:
     """Process a quarantined message again (after fixing rules, templates or the code)."""
-    from mailflow.pipeline import Incoming
+    from mailflow import services
 
-    p = obj.pipeline()
-    q = p.store.quarantine_item(qid)
-    if q is None:
+    r = services.replay(obj.runtime(), qid)
+    if r is None:
         raise click.ClickException(f"no quarantined item {qid}")
-    raw = p.spool.read(q["spool"])
-    with p.store.batch():
-        [r] = p.process([Incoming(raw, q.get("mailbox"), q.get("uid"), q["spool"])])
-        if r.kind != "quarantined":
-            p.store.update_quarantine(qid, {"status": "replayed", "replayed_at": iso(utcnow()),
-                                            "result": f"{r.kind} {r.ticket_id or ''}".strip()})
     click.echo(f"{r.kind} {r.ticket_id or ''} {r.reason}".strip())
     if r.kind == "quarantined":
         sys.exit(1)
@@ -478,27 +450,13 @@ def outbox_retry(obj: Ctx, row: str) -> None:
 @click.pass_obj
 def status(obj: Ctx, as_json: bool) -> None:
     """Mailboxes and their last poll, tickets by status, outbox depth, quarantine size, last error."""
+    from mailflow import services
+
     store = Store(obj.cfg.data_dir, create=False) if obj.cfg.data_dir.is_dir() else None
     if store is None:
         raise click.ClickException(f"no data directory at {obj.cfg.data_dir} (mailflow has not run yet)")
-    by_status: dict[str, int] = {}
-    for t in store.all_tickets():
-        by_status[t.get("status", "?")] = by_status.get(t.get("status", "?"), 0) + 1
-    rows = store.outbox_rows().values()
-    out = {
-        "data_dir": str(obj.cfg.data_dir),
-        "mailboxes": [{"name": mb.name, **{k: store.checkpoint(mb.name).get(k) for k in
-                                           ("last_poll", "last_uid", "uidvalidity", "last_error")}}
-                      for mb in obj.cfg.mailboxes],
-        "tickets": by_status,
-        "open_tickets": sum(v for k, v in by_status.items() if k in OPEN_STATUSES),
-        "outbox": {"queued": sum(r["status"] == "queued" for r in rows),
-                   "failed": sum(r["status"] == "failed" for r in rows),
-                   "sent": sum(r["status"] == "sent" for r in rows)},
-        "quarantine": sum(q.get("status") == "held" for q in store.quarantined()),
-        "outbox_last_error": next((r["last_error"] for r in sorted(rows, key=lambda r: r.get("created_at") or "",
-                                                                   reverse=True) if r.get("last_error")), None),
-    }
+    out = services.status(obj.cfg, store)
+    by_status = out["tickets"]
     if as_json:
         click.echo(json.dumps(out, ensure_ascii=False, indent=2))
         return

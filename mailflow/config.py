@@ -139,6 +139,9 @@ class Config:
     # escalation chain for `escalate` without a target: emails in order
     escalation_chain: list[str] = field(default_factory=list)
     routing_strategy: str = "least_open"  # least_open | round_robin
+    reopen_within_days: float = 30.0  # a reply this soon after the close reopens; later: a new linked ticket
+    auto_close_days: float = 7.0  # calendar days a resolved ticket waits for the customer
+    permissions: dict[str, list[str]] = field(default_factory=dict)  # command -> roles that may use it
 
     @property
     def tz(self) -> ZoneInfo:
@@ -310,6 +313,27 @@ def _plain_address(r: _Reader, key: str, v: str) -> None:
         r.err(key, f"not a plain address like support@example.com: {v!r} (put a display name in from_name)")
 
 
+def _permissions(r: _Reader, t: dict) -> dict[str, list[str]]:
+    """`[permissions]`: COMMAND = ["lead", "manager"]; a command not listed is open to every role."""
+    from mailflow.commands import ALIASES, REGISTRY
+
+    out: dict[str, list[str]] = {}
+    for k, v in t.items():
+        name = ALIASES.get(str(k).upper()) or ALIASES.get(str(k))
+        if name is None:
+            r.err(f"permissions.{k}", f"unknown command (one of {', '.join(sorted(REGISTRY))})")
+            continue
+        if not isinstance(v, list) or not v or not all(isinstance(x, str) for x in v):
+            r.err(f"permissions.{k}", "must be a non-empty list of roles, e.g. [\"lead\", \"manager\"]")
+            continue
+        bad = [x for x in v if x not in ROLES]
+        if bad:
+            r.err(f"permissions.{k}", f"unknown role {bad[0]!r} (one of {', '.join(ROLES)})")
+            continue
+        out[name] = list(v)
+    return out
+
+
 def _hours_table(r: _Reader, t: dict, key: str, default: dict[str, float]) -> dict[str, float]:
     out = dict(default)
     v = t.get(key)
@@ -329,7 +353,8 @@ def _hours_table(r: _Reader, t: dict, key: str, default: dict[str, float]) -> di
 
 
 TOP_KEYS = {"storage", "rules", "templates", "company", "customers", "tickets", "mailbox", "smtp", "staff",
-            "sla", "outbound", "logging", "routing", "attachments"}
+            "sla", "outbound", "logging", "routing", "attachments", "permissions"}
+ROLES = ("agent", "lead", "manager")
 
 
 def load(path: str | os.PathLike | None = None) -> Config:
@@ -387,7 +412,7 @@ def from_dict(data: dict, fname: str, base: Path, path: Path | None = None) -> C
     r.unknown(templates, {"dir", "default_locale"}, "templates.")
     r.unknown(company, {"name"}, "company.")
     r.unknown(customers, {"vip"}, "customers.")
-    r.unknown(tickets, {"prefix", "timezone"}, "tickets.")
+    r.unknown(tickets, {"prefix", "timezone", "reopen_within_days", "auto_close_days"}, "tickets.")
     r.unknown(sla, {"first_response_hours", "resolution_hours"}, "sla.")
     r.unknown(logging_, {"level"}, "logging.")
     r.unknown(routing, {"strategy", "escalation_chain"}, "routing.")
@@ -415,7 +440,14 @@ def from_dict(data: dict, fname: str, base: Path, path: Path | None = None) -> C
         log_level=r.get(logging_, "level", str, "info", "logging."),
         routing_strategy=r.get(routing, "strategy", str, "least_open", "routing."),
         escalation_chain=r.get(routing, "escalation_chain", list, [], "routing."),
+        reopen_within_days=r.get(tickets, "reopen_within_days", float, 30.0, "tickets."),
+        auto_close_days=r.get(tickets, "auto_close_days", float, 7.0, "tickets."),
+        permissions=_permissions(r, table("permissions")),
     )
+    for key in ("reopen_within_days", "auto_close_days"):
+        v = getattr(cfg, key)
+        if not math.isfinite(v) or v < 0:
+            r.err(f"tickets.{key}", f"must be a number of days >= 0, not {v!r}")
     if rules_dir and not cfg.rules_dir.is_dir():
         r.err("rules.dir", f"not a directory: {cfg.rules_dir}")
     if tpl_dir and not cfg.templates_dir.is_dir():
@@ -511,7 +543,7 @@ def from_dict(data: dict, fname: str, base: Path, path: Path | None = None) -> C
         if not all(isinstance(x, str) and x for x in m.teams):
             r.err(f"{prefix}teams", "must be a list of team names")
             m.teams = [x for x in m.teams if isinstance(x, str) and x]
-        if m.role not in ("agent", "lead", "manager"):
+        if m.role not in ROLES:
             r.err(f"{prefix}role", f"must be agent, lead or manager, not {m.role!r}")
         cfg.staff.append(m)
     if r.problems:

@@ -39,13 +39,12 @@ from pathlib import Path
 from typing import Any
 
 from mailflow import config as config_mod
+from mailflow import services
 from mailflow.mailboxes import PROCESS_ALLOWANCE, MailboxWorker
 from mailflow.outbox import FlushStats, Outbox
-from mailflow.pipeline import Pipeline
 from mailflow.privacy import MaskAddresses
-from mailflow.render import Templates
-from mailflow.rules import RuleSet
-from mailflow.store import OPEN_STATUSES, Store, lock_process
+from mailflow.runtime import Box, LoadError, Runtime, load_all
+from mailflow.store import lock_process
 
 log = logging.getLogger("mailflow.daemon")
 
@@ -109,32 +108,6 @@ def wedged(now: float, loops: Iterable[tuple[str, float, float, bool]], floor: f
 
 # ---- loading ---------------------------------------------------------------------------------------
 
-class LoadError(Exception):
-    """Rules and/or templates that do not compile: every problem (`problems`), from both."""
-
-    def __init__(self, problems: list[str]):
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
-def load_all(cfg: config_mod.Config) -> tuple[RuleSet, Templates]:
-    """Compile rules and templates whole; raises LoadError listing every problem of both, so the
-    caller keeps the old ones."""
-    problems: list[str] = []
-    rules = templates = None
-    try:
-        rules = RuleSet.load(cfg.rules_dir)
-    except Exception as e:
-        problems += getattr(e, "problems", None) or [f"{cfg.rules_dir}: -: {type(e).__name__}: {e}"]
-    try:
-        templates = Templates.load(cfg.templates_dir)
-    except Exception as e:
-        problems += getattr(e, "problems", None) or [f"{cfg.templates_dir}: -: {type(e).__name__}: {e}"]
-    if problems or rules is None or templates is None:
-        raise LoadError(problems)
-    return rules, templates
-
-
 def _tree_stamp(*dirs: Path) -> tuple:
     out = []
     for d in dirs:
@@ -192,9 +165,9 @@ class Sender:
 
     name = "outbox"
 
-    def __init__(self, outbox: Outbox, lock: Any, smtp_timeout: Callable[[], float],
+    def __init__(self, outbox: Outbox | Callable[[], Outbox], lock: Any, smtp_timeout: Callable[[], float],
                  interval: float = SEND_INTERVAL, chunk: int = FLUSH_CHUNK):
-        self.outbox = outbox
+        self._outbox = outbox
         self.lock = lock
         self.smtp_timeout = smtp_timeout
         self.interval = interval
@@ -214,6 +187,11 @@ class Sender:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
         self.thread = threading.Thread(target=self._run, name="outbox-sender", daemon=True)
+
+    @property
+    def outbox(self) -> Outbox:
+        """The current runtime's outbox (a reload swaps it; the next flush uses the new one)."""
+        return self._outbox() if callable(self._outbox) else self._outbox
 
     # -- control (any thread)
     def start(self) -> None:
@@ -332,15 +310,14 @@ class Daemon:
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
         self.cfg = cfg
         self.config_path = config_path
-        self.store = Store(cfg.data_dir)
-        rules, templates = load_all(cfg)
+        self.box = Box(Runtime.load(cfg, config_path=config_path))
+        self.store = self.box.current.store
         self._stamp = _tree_stamp(cfg.rules_dir, cfg.templates_dir)
-        self.pipeline = Pipeline(cfg, self.store, rules, templates)
-        self.pipeline.debug = logging.getLogger().isEnabledFor(logging.DEBUG)
+        self.box.pipeline.debug = logging.getLogger().isEnabledFor(logging.DEBUG)
         self.stop = threading.Event()
-        self.workers = [MailboxWorker(mb, self.pipeline) for mb in cfg.mailboxes]
+        self.workers = [MailboxWorker(mb, self.box) for mb in cfg.mailboxes]
         self.threads: list[threading.Thread] = []
-        self.sender = Sender(self.pipeline.outbox, self.store.mutex, self._smtp_timeout)
+        self.sender = Sender(lambda: self.box.pipeline.outbox, self.store.mutex, self._smtp_timeout)
         self.watchdog = watchdog_seconds()
         self.grace = 20.0
         self.ready = False
@@ -355,6 +332,10 @@ class Daemon:
         self._reload_again: str | None = None
         self._seen_stamp: tuple | None = None
         self._lockfile: Any = None
+
+    @property
+    def pipeline(self):
+        return self.box.pipeline
 
     # ---- liveness ----------------------------------------------------------------------------
 
@@ -401,10 +382,7 @@ class Daemon:
             key = (self.store.storage.stamp, jst)
             if key == self._counts_key and self._counts is not None:
                 return
-            open_n = sum(1 for t in self.store.all_tickets() if t.get("status") in OPEN_STATUSES)
-            queued = self.pipeline.outbox.pending_count()
-            held = sum(1 for q in self.store.quarantined() if q.get("status") == "held")
-            self._counts, self._counts_key = (open_n, queued, held), key
+            self._counts, self._counts_key = services.counts(self.store, self.pipeline.outbox), key
         finally:
             mutex.release()
 
@@ -449,7 +427,8 @@ class Daemon:
         stamp = _tree_stamp(self.cfg.rules_dir, self.cfg.templates_dir)
         try:
             cfg = config_mod.load(self.config_path) if self.config_path else self.cfg
-            rules, templates = load_all(cfg)
+            cfg = self._keep_restart_only(cfg, restart := [])
+            new = self.box.current.reloaded(cfg)
             new_stamp = _tree_stamp(cfg.rules_dir, cfg.templates_dir)
             if cfg.rules_dir == self.cfg.rules_dir and cfg.templates_dir == self.cfg.templates_dir:
                 new_stamp = stamp  # what was compiled is at least as new as this
@@ -459,8 +438,29 @@ class Daemon:
             log.error("reload (%s) rejected, keeping the running config, rules and templates: %s",
                       reason, self.reload_error)
             return False
+        mutex = self.store.mutex
+        if not mutex.acquire(timeout=20):
+            self.reload_error = "the store stayed busy for 20 s"
+            log.error("reload (%s) rejected: %s", reason, self.reload_error)
+            return False
+        try:  # between two batches: a batch sees either the old runtime or the new one, never a mix
+            self.box.current = new
+            self.cfg = cfg
+        finally:
+            mutex.release()
+        rules = new.rules
+        self._stamp = new_stamp
+        self.reload_error = None
+        log.info("reloaded (%s): config %s, rules v%s from %s, templates from %s", reason,
+                 self.config_path or "(embedded defaults)", rules.version, cfg.rules_dir, cfg.templates_dir)
+        if restart:
+            log.warning("changed %s settings take effect only after a restart (systemctl restart mailflow)",
+                        " and ".join(restart))
+        return True
+
+    def _keep_restart_only(self, cfg: config_mod.Config, restart: list[str]) -> config_mod.Config:
+        """Settings only a restart can change keep their running values (and are reported)."""
         old = self.cfg
-        restart = []
         if cfg.mailboxes != old.mailboxes:
             restart.append("[[mailbox]]")
             cfg.mailboxes = old.mailboxes  # the running workers keep theirs
@@ -472,26 +472,7 @@ class Daemon:
         if cfg.outbound.hmac_key != old.outbound.hmac_key:
             restart.append("[outbound] hmac_key")
             cfg.outbound.hmac_key = old.outbound.hmac_key
-        mutex = self.store.mutex
-        if not mutex.acquire(timeout=20):
-            self.reload_error = "the store stayed busy for 20 s"
-            log.error("reload (%s) rejected: %s", reason, self.reload_error)
-            return False
-        try:  # between two batches: a batch sees either the old set or the new one, never a mix
-            p = self.pipeline
-            p.rules, p.templates, p.outbox.templates = rules, templates, templates
-            p.cfg = p.outbox.cfg = cfg
-            self.cfg = cfg
-        finally:
-            mutex.release()
-        self._stamp = new_stamp
-        self.reload_error = None
-        log.info("reloaded (%s): config %s, rules v%s from %s, templates from %s", reason,
-                 self.config_path or "(embedded defaults)", rules.version, cfg.rules_dir, cfg.templates_dir)
-        if restart:
-            log.warning("changed %s settings take effect only after a restart (systemctl restart mailflow)",
-                        " and ".join(restart))
-        return True
+        return cfg
 
     def request_reload(self, reason: str = "SIGHUP") -> None:
         """Schedule a reload on the running loop; a reload requested during one runs after it."""

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from mailflow.config import MailboxConfig
 from mailflow.fetch import Backoff, FetchError, ImapSource
 from mailflow.pipeline import Incoming, Pipeline, Result
+from mailflow.runtime import Box
 from mailflow.store import iso, parse_iso, utcnow
 
 log = logging.getLogger("mailflow.mailbox")
@@ -61,9 +62,9 @@ class _BeatingStop:
 class MailboxWorker:
     """Owns one ImapSource; used by `run --once` (poll) and by the daemon's per-mailbox thread (run)."""
 
-    def __init__(self, cfg: MailboxConfig, pipeline: Pipeline):
+    def __init__(self, cfg: MailboxConfig, pipeline: Pipeline | Box):
         self.cfg = cfg
-        self.pipeline = pipeline
+        self._pipeline = pipeline
         self.src: ImapSource | None = None
         self.beat = time.monotonic()
         self.allowance = self._t(4, 10)
@@ -80,6 +81,12 @@ class MailboxWorker:
     @property
     def name(self) -> str:
         return self.cfg.name
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The current runtime's pipeline (a reload swaps the runtime between two batches)."""
+        p = self._pipeline
+        return p.pipeline if isinstance(p, Box) else p
 
     # ---- heartbeat ----------------------------------------------------------------------------
 

@@ -367,11 +367,11 @@ class Outbox:
         stats.queued = self.pending_count()
         return stats
 
-    def housekeeping(self, archive_days: int = 30) -> tuple[int, int]:
+    def housekeeping(self, archive_days: int = 30, now: datetime | None = None) -> tuple[int, int]:
         """Archive long-closed tickets and drop week-old sent rows; (archived, pruned)."""
         with self.store.batch():
-            archived = self.store.archive(archive_days)
-            dropped = self.store.prune()
+            archived = self.store.archive(archive_days, now=now)
+            dropped = self.store.prune(now=now)
             still = {Segments.file_of(r.get("file") or "") for r in self.store.outbox_rows().values()}
         for f in {Segments.file_of(ref) for ref in dropped} - still:
             (self.dir / f).unlink(missing_ok=True)

@@ -19,10 +19,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,24 +46,10 @@ except ImportError:  # pragma: no cover
     def _loads(b: bytes) -> Any:
         return json.loads(b)
 
-OPEN_STATUSES = ("new", "open", "pending")
+from mailflow.clock import iso, parse_iso, utcnow
+from mailflow.tickets import OPEN_STATUSES
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def iso(dt: datetime | None) -> str | None:
-    return dt.astimezone(UTC).isoformat(timespec="seconds") if dt else None
-
-
-def parse_iso(s: str | None) -> datetime | None:
-    if not s:
-        return None
-    try:
-        return datetime.fromisoformat(s)
-    except ValueError:
-        return None
+__all__ = ["OPEN_STATUSES", "Store", "StoreError", "iso", "lock_process", "parse_iso", "utcnow", "write_atomic"]
 
 
 def fsync_dir(path: Path) -> None:
@@ -304,6 +291,7 @@ class Store:
         self.storage.dirty = False
         self.storage.load()
         self._build_indexes()
+        self._archived_tids = None  # an unarchive in the dropped batch never happened
 
     def _require_batch(self) -> None:
         if not self._in_batch:
@@ -324,14 +312,19 @@ class Store:
         else:
             self._changing("meta", k)["value"] = value
 
-    def next_ticket_id(self, prefix: str, day: str) -> str:
-        """`<prefix><YYYYMMDD><serial>`: 4 digits, widening past 9999, committed with the ticket."""
+    def peek_ticket_id(self, prefix: str, day: str) -> tuple[str, str, int]:
+        """The next `<prefix><YYYYMMDD><serial>` (4 digits, widening past 9999, never reused):
+        (ticket id, serial meta key, serial) — the serial is committed with the ticket."""
         key = f"serial:{prefix}:{day}"
         n = self.get_meta(key, 0) + 1
         while f"{prefix}{day}{n:04d}" in self._tid or f"{prefix}{day}{n:04d}" in self.archived_tickets():
             n += 1
+        return f"{prefix}{day}{n:04d}", key, n
+
+    def next_ticket_id(self, prefix: str, day: str) -> str:
+        tid, key, n = self.peek_ticket_id(prefix, day)
         self.set_meta(key, n)
-        return f"{prefix}{day}{n:04d}"
+        return tid
 
     # ---- tickets ------------------------------------------------------------------------------
 
@@ -352,14 +345,16 @@ class Store:
     def update_ticket(self, tid: str, fields: dict) -> None:
         self._changing("tickets", self._tid[tid]).update(fields)
 
-    def add_event(self, tid: str, kind: str, detail: str = "", at: datetime | None = None) -> None:
+    def add_event(self, tid: str, kind: str, detail: str = "", at: datetime | None = None,
+                  actor: str = "system") -> None:
         """Append to a ticket's history (who did what, which rules fired, bounces, caps hit)."""
+        self.append_events(tid, [{"at": iso(at or utcnow()), "kind": kind, "actor": actor, "detail": detail}])
+
+    def append_events(self, tid: str, events: list[dict]) -> None:
         t = self.ticket(tid)
-        if t is None:
+        if t is None or not events:
             return
-        ev = list(t.get("events", []))
-        ev.append({"at": iso(at or utcnow()), "kind": kind, "detail": detail})
-        self.update_ticket(tid, {"events": ev})
+        self.update_ticket(tid, {"events": [*t.get("events", []), *events]})
 
     # ---- messages -----------------------------------------------------------------------------
 
@@ -409,11 +404,11 @@ class Store:
         # archived tickets keep only Message-IDs: a replay of their mail is still a duplicate
         return message_id in self.archived_ids()
 
-    def mark_seen(self, message_id: str, content_hash: str, outcome: str) -> None:
+    def mark_seen(self, message_id: str, content_hash: str, outcome: str, now: datetime | None = None) -> None:
         """Remember a message that made no ticket message (auto-reply, own mail...) so replays skip it."""
         key = self.seen_key(message_id, content_hash)
         if key not in self._seen:
-            self._insert("seen", {"key": key, "outcome": outcome, "at": iso(utcnow())})
+            self._insert("seen", {"key": key, "outcome": outcome, "at": iso(now or utcnow())})
             self._seen.add(key)
             self._index_undo(lambda: self._seen.discard(key))
 
@@ -464,19 +459,22 @@ class Store:
 
     # ---- customers ----------------------------------------------------------------------------
 
-    def customer_stats(self, email: str, now: datetime) -> tuple[int, int]:
-        """(open tickets, complaints in the last 30 days) of one customer address."""
+    def customer_stats(self, email: str, now: datetime) -> dict[str, int]:
+        """Facts about one customer address: open tickets, complaints in the last 30 days, tickets
+        staff closed as spam."""
         cutoff = iso(now - timedelta(days=30)) or ""
-        opened = complaints = 0
+        out = {"open_tickets": 0, "complaints_30d": 0, "spam_count": 0}
         for k in self._cust.get(email.lower(), []):
             t = self._table("tickets").get(k)
             if t is None:
                 continue
             if t.get("status") in OPEN_STATUSES:
-                opened += 1
+                out["open_tickets"] += 1
             if t.get("category") == "complaint" and (t.get("created_at") or "") >= cutoff:
-                complaints += 1
-        return opened, complaints
+                out["complaints_30d"] += 1
+            if t.get("close_reason") == "spam":
+                out["spam_count"] += 1
+        return out
 
     def open_counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -529,6 +527,56 @@ class Store:
         if self._archived_tids is None:
             self._archived_tids = set(self.archived_ids().values())
         return self._archived_tids
+
+    def _archive_files_for(self, tid: str) -> list[Path]:
+        """Month files that may hold `tid`: by the date in its id (and the month before, since the
+        file is named by the UTC creation month), else every file."""
+        d = self.dir / "archive"
+        m = re.search(r"(\d{4})(\d{2})\d{2}\d{4,}$", tid)
+        if m:
+            y, mo = int(m.group(1)), int(m.group(2))
+            prev = (y, mo - 1) if mo > 1 else (y - 1, 12)
+            cands = [d / f"{y:04d}-{mo:02d}.jsonl", d / f"{prev[0]:04d}-{prev[1]:02d}.jsonl"]
+            found = [p for p in cands if p.exists()]
+            if found:
+                return found
+        return sorted(d.glob("[0-9][0-9][0-9][0-9]-[0-9][0-9].jsonl"))
+
+    def archived_ticket(self, tid: str) -> dict | None:
+        """`{"ticket": ..., "messages": [...]}` of an archived ticket (the newest copy), or None."""
+        if tid not in self.archived_tickets():
+            return None
+        needle = f'"id":"{tid}"'.encode()
+        best = None
+        for path in self._archive_files_for(tid):
+            with open(path, "rb") as f:
+                for line in f:
+                    if needle in line:
+                        try:
+                            entry = _loads(line)
+                        except ValueError:
+                            continue
+                        if entry.get("ticket", {}).get("id") == tid:
+                            best = entry
+        return best
+
+    def unarchive(self, tid: str) -> dict | None:
+        """Bring an archived ticket and its messages back into the hot database (a reply arrived).
+        The archive file is not rewritten: the hot copy wins, and a later archive appends anew."""
+        self._require_batch()
+        if self.ticket(tid) is not None:
+            return self.ticket(tid)
+        entry = self.archived_ticket(tid)
+        if entry is None:
+            return None
+        t = dict(entry["ticket"])
+        self.add_ticket(t)
+        for m in entry.get("messages", []):
+            self.add_message(dict(m))
+        tids = self.archived_tickets()
+        tids.discard(tid)
+        self._index_undo(lambda: tids.add(tid))
+        return self.ticket(tid)
 
     def archive(self, older_than_days: int = 30, now: datetime | None = None) -> int:
         """Move tickets closed more than N days ago, with their messages, to monthly archive files."""

@@ -190,7 +190,7 @@ def test_savepoint_undoes_indexes_too(tmp_path):
             raise ValueError
         assert s.ticket_of_message_id("m@x") is None and not s.already_seen("m@x", "h")
         assert not s.already_seen("a@x", "h2") and s.get_meta("k") is None
-        assert s.customer_stats("a@b.example", now) == (0, 0)
+        assert s.customer_stats("a@b.example", now) == {"open_tickets": 0, "complaints_30d": 0, "spam_count": 0}
         s.add_ticket(_ticket("CW202611230002"))
     assert [t["id"] for t in Store(tmp_path).all_tickets()] == ["CW202611230002"]
 
