@@ -313,38 +313,53 @@ def tickets_list(obj: Ctx, status: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def tickets_show(obj: Ctx, ticket_id: str, as_json: bool) -> None:
-    store = obj.store()
-    t = store.ticket(ticket_id.upper())
-    if t is None:
+    """One ticket (hot or archived): fields, SLA, and its timeline of messages and changes."""
+    from mailflow import services
+
+    out = services.ticket_view(obj.store(), ticket_id)
+    if out is None:
         raise click.ClickException(f"no ticket {ticket_id}")
-    msgs = sorted(store.messages_of(t["id"]), key=lambda m: m.get("received_at") or "")
-    out = _ticket_summary(t, store)
-    out.update({k: t.get(k) for k in ("sla", "rules_fired", "events", "rating", "participants",
-                                      "first_response_at", "resolved_at", "closed_at", "customer_name")})
-    out["messages"] = [{"direction": m["direction"], "from": m["from"], "to": m.get("to", []),
-                        "date": m.get("date"), "subject": m.get("subject"), "text": m.get("text", ""),
-                        "kind": m.get("kind"), "message_id": m["message_id"],
-                        "attachments": m.get("attachments", [])} for m in msgs]
     if as_json:
         click.echo(json.dumps(out, ensure_ascii=False, indent=2))
         return
-    click.echo(f"{out['id']}  [{out['status']}] {out['subject']}")
+    tz = obj.cfg.tz
+    status = out["status"] + (f" ({out['close_reason']})" if out.get("close_reason") else "")
+    click.echo(f"{out['id']}  [{status}] {out['subject']}{'  (archived)' if out['archived'] else ''}")
     click.echo(f"customer: {out['customer_name'] or ''} <{out['customer_email']}>")
-    click.echo(f"category: {out['category']}  priority: {out['priority']}  team: {out['team']}  "
-               f"assignee: {out['assignee']}  tags: {', '.join(out['tags']) or '-'}")
+    click.echo(f"category: {out['category'] or '-'}  priority: {out['priority']}  team: {out['team'] or '-'}  "
+               f"assignee: {out['assignee'] or '-'}  tags: {', '.join(out['tags']) or '-'}")
     sla = out.get("sla") or {}
-    click.echo(f"first response due: {sla.get('first_response_due')}  resolution due: {sla.get('resolution_due')}")
-    for m in out["messages"]:
-        arrow = "<-" if m["direction"] == "in" else "->"
-        click.echo(f"\n{arrow} {m['date']}  {m['from']}  ({m['kind']})\n   {m['subject']}")
-        for line in (m["text"] or "").splitlines()[:40]:
-            click.echo(f"   | {line}")
-        for a in m["attachments"]:
-            click.echo(f"   [attachment] {a['filename']} ({a['size']} bytes){' ' + a['skipped'] if a.get('skipped') else ''}")
-    if out.get("events"):
-        click.echo("\nhistory:")
-        for e in out["events"]:
-            click.echo(f"  {e['at']}  {e['kind']}: {e['detail']}")
+    click.echo(f"first response due: {_local(sla.get('first_response_due'), tz)}  "
+               f"resolution due: {_local(sla.get('resolution_due'), tz)}")
+    extra = [f"{k.replace('_', ' ')}: {v if not isinstance(v, list) else ', '.join(map(str, v))}"
+             for k, v in (("rating", out.get("rating")), ("reopen_count", out.get("reopen_count")),
+                          ("merged_into", out.get("merged_into")), ("merged_from", out.get("merged_from")),
+                          ("follows", out.get("follows")), ("followed_by", out.get("followed_by")))
+             if v not in (None, [], 0)]
+    if extra:
+        click.echo("  ".join(extra))
+    click.echo(f"\ntimeline ({tz.key}):")
+    for x in out["timeline"]:
+        when = _local(x.get("at"), tz)
+        if x["type"] == "message":
+            arrow = "<-" if x["direction"] == "in" else "->"
+            who = x["from"] if x["direction"] == "in" else ", ".join(x["to"])
+            click.echo(f"\n{when}  {arrow} {x['kind']}  {who}\n   {x['subject']}")
+            for line in (x["text"] or "").splitlines()[:40]:
+                click.echo(f"   | {line}")
+            for a in x["attachments"]:
+                skipped = " " + a["skipped"] if a.get("skipped") else ""
+                click.echo(f"   [attachment] {a['filename']} ({a['size']} bytes){skipped}")
+        else:
+            change = f" {x['from']} -> {x['to']}" if x.get("kind") == "status" else ""
+            click.echo(f"{when}  * {x['kind']}{change}  {x.get('actor') or '-'}: {x.get('detail') or ''}")
+
+
+def _local(s: str | None, tz) -> str:
+    from mailflow.clock import parse_iso
+
+    d = parse_iso(s)
+    return d.astimezone(tz).strftime("%Y-%m-%d %H:%M") if d else "-"
 
 
 # ---- quarantine -------------------------------------------------------------------------------

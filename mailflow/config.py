@@ -142,6 +142,7 @@ class Config:
     reopen_within_days: float = 30.0  # a reply this soon after the close reopens; later: a new linked ticket
     auto_close_days: float = 7.0  # calendar days a resolved ticket waits for the customer
     permissions: dict[str, list[str]] = field(default_factory=dict)  # command -> roles that may use it
+    archive_after_days: float = 3.0  # closed tickets leave the hot database after this many days
 
     @property
     def tz(self) -> ZoneInfo:
@@ -407,7 +408,7 @@ def from_dict(data: dict, fname: str, base: Path, path: Path | None = None) -> C
     company, customers, tickets = table("company"), table("customers"), table("tickets")
     sla, outbound, logging_, routing = table("sla"), table("outbound"), table("logging"), table("routing")
     attachments = table("attachments")
-    r.unknown(storage, {"data_dir"}, "storage.")
+    r.unknown(storage, {"data_dir", "archive_after_days"}, "storage.")
     r.unknown(rules, {"dir"}, "rules.")
     r.unknown(templates, {"dir", "default_locale"}, "templates.")
     r.unknown(company, {"name"}, "company.")
@@ -443,7 +444,10 @@ def from_dict(data: dict, fname: str, base: Path, path: Path | None = None) -> C
         reopen_within_days=r.get(tickets, "reopen_within_days", float, 30.0, "tickets."),
         auto_close_days=r.get(tickets, "auto_close_days", float, 7.0, "tickets."),
         permissions=_permissions(r, table("permissions")),
+        archive_after_days=r.get(storage, "archive_after_days", float, 3.0, "storage."),
     )
+    if not math.isfinite(cfg.archive_after_days) or cfg.archive_after_days < 0:
+        r.err("storage.archive_after_days", f"must be a number of days >= 0, not {cfg.archive_after_days!r}")
     for key in ("reopen_within_days", "auto_close_days"):
         v = getattr(cfg, key)
         if not math.isfinite(v) or v < 0:

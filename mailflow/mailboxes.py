@@ -23,7 +23,7 @@ from mailflow.config import MailboxConfig
 from mailflow.fetch import Backoff, FetchError, ImapSource
 from mailflow.pipeline import Incoming, Pipeline, Result
 from mailflow.runtime import Box
-from mailflow.store import iso, parse_iso, utcnow
+from mailflow.store import iso, parse_iso
 
 log = logging.getLogger("mailflow.mailbox")
 MAX_BATCH_BYTES = 64 * 1024 * 1024  # raw mail held in memory per batch
@@ -171,7 +171,7 @@ class MailboxWorker:
             self.expect("process", PROCESS_ALLOWANCE)
             results: list[Result] = self.pipeline.process(
                 items, checkpoint=(self.cfg.name, {"uidvalidity": src.uidvalidity, "last_uid": top,
-                                                   "last_poll": iso(utcnow()), "last_error": None}))
+                                                   "last_poll": iso(self.pipeline.clock.now()), "last_error": None}))
             # committed: only now may the server hear that these are done
             done = [it.uid for it in items if it.uid is not None]
             self._unmarked = (src.uidvalidity, done)
@@ -193,7 +193,7 @@ class MailboxWorker:
         with store.mutex:
             cp = store.checkpoint(self.cfg.name)
             last = parse_iso(cp.get("last_poll"))
-            now = utcnow()
+            now = self.pipeline.clock.now()
             if last is None or (now - last).total_seconds() >= TOUCH_EVERY or cp.get("last_error"):
                 with store.batch():
                     store.set_checkpoint(self.cfg.name, last_poll=iso(now), last_error=None)
@@ -205,7 +205,7 @@ class MailboxWorker:
         self.settled = True
         try:
             with self.pipeline.store.batch():
-                self.pipeline.store.set_checkpoint(self.cfg.name, last_error=f"{iso(utcnow())} {reason}")
+                self.pipeline.store.set_checkpoint(self.cfg.name, last_error=f"{iso(self.pipeline.clock.now())} {reason}")
         except Exception as err:  # a status write must never take the worker down
             log.error("mailbox=%s cannot record the error: %s", self.cfg.name, err)
 

@@ -20,12 +20,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from mailflow.clock import SYSTEM, Clock
 from mailflow.config import Config, SmtpConfig
 from mailflow.model import Message
 from mailflow.privacy import mask_addresses
-from mailflow.render import CATEGORY_LABELS, PRIORITY_LABELS, Templates, build_mail
+from mailflow.render import CATEGORY_LABELS, PRIORITY_LABELS, STATUS_LABELS, Templates, build_mail
 from mailflow.spool import Segments
-from mailflow.store import Store, iso, parse_iso, utcnow
+from mailflow.store import Store, iso, parse_iso
 
 log = logging.getLogger("mailflow.outbox")
 # what the customer hears (auto-replied) versus what staff get (auto-generated)
@@ -58,8 +59,9 @@ def _secret_key(cfg: Config, data_dir: Path) -> bytes:
 
 
 class Outbox:
-    def __init__(self, cfg: Config, store: Store, templates: Templates, dry=lambda: False):
+    def __init__(self, cfg: Config, store: Store, templates: Templates, dry=lambda: False, clock: Clock = SYSTEM):
         self.cfg = cfg
+        self.clock = clock
         self.dry = dry
         self.store = store
         self.templates = templates
@@ -119,6 +121,8 @@ class Outbox:
                     ticket.get("priority") or "normal", ticket.get("priority")),
                 "category_label": CATEGORY_LABELS.get(locale, CATEGORY_LABELS["en"]).get(
                     ticket.get("category") or "", ticket.get("category") or ""),
+                "status_label": STATUS_LABELS.get(locale, STATUS_LABELS["en"]).get(
+                    ticket.get("status") or "", ticket.get("status") or ""),
                 "assignee_name": staff[assignee].name if assignee in staff else (assignee or ""),
                 "created_at": local(ticket.get("created_at")),
             },
@@ -138,6 +142,7 @@ class Outbox:
             "error": {"text": ""},
             "commands": [],
             "escalation": {"reason": ""},
+            "update": {"kind": "", "rating": None, "status": ticket.get("status")},
         }
         for k, v in (extra or {}).items():
             ctx[k] = v
@@ -171,7 +176,7 @@ class Outbox:
         if auto:
             why = self._capped(ticket, recipients[0], now)
             if why:
-                self.store.add_event(tid, "not_sent", f"{template} to {recipients[0]}: {why}")
+                self.store.add_event(tid, "not_sent", f"{template} to {recipients[0]}: {why}", at=now)
                 log.warning("auto mail suppressed ticket=%s template=%s: %s", tid, template, why)
                 return None
         locale = locale or ticket.get("locale") or self.cfg.default_locale
@@ -267,7 +272,7 @@ class Outbox:
         state = self._journal_state()
         if not state:
             return
-        now = utcnow()
+        now = self.clock.now()
         ob = self.cfg.outbound
         with self.store.batch():
             rows = self.store.outbox_rows()
@@ -282,7 +287,8 @@ class Outbox:
                     for rcpt, why in (e.get("refused") or {}).items():
                         self._record_failure(tid, rcpt, why)
                     for rcpt, why in (e.get("deferred") or {}).items():
-                        self.store.add_event(tid, "send_deferred", f"{rcpt}: {why} (other recipients accepted)")
+                        self.store.add_event(tid, "send_deferred", f"{rcpt}: {why} (other recipients accepted)",
+                                             at=self.clock.now())
                 elif e["status"] == "perm":
                     self.store.update_outbox(k, {"status": "failed", "last_error": e["detail"],
                                                  "attempts": attempts})
@@ -306,13 +312,13 @@ class Outbox:
         t = self.store.ticket(tid)
         if t is None:
             return
-        self.store.add_event(tid, "send_failed", f"{rcpt}: {why}")
+        self.store.add_event(tid, "send_failed", f"{rcpt}: {why}", at=self.clock.now())
         log.warning("delivery failed ticket=%s: %s", tid, mask_addresses(why))
 
     def due(self, now: datetime | None = None) -> list[tuple[str, dict]]:
         """Queued rows whose time has come; under the store's lock so a batch still being built
         (rows not yet committed) is never seen, let alone sent."""
-        now_s = iso(now or utcnow()) or ""
+        now_s = iso(now or self.clock.now()) or ""
         done = self._journal_state()
         with self.store.mutex:
             self.store.refresh()
@@ -348,13 +354,13 @@ class Outbox:
                         try:
                             data = self.segments.read(row["file"])
                         except OSError as e:
-                            self._append_journal([{"row": k, "status": "perm", "at": iso(utcnow()),
+                            self._append_journal([{"row": k, "status": "perm", "at": iso(self.clock.now()),
                                                    "detail": f"outbox file missing: {e}"}])
                             stats.perm += 1
                             continue
                         mails.append(OutMail(k, row["sender"], row["to"], data))
                     results = await sender.send_many(mails)
-                    entries = [{"row": r.key, "status": r.status, "at": iso(utcnow()), "detail": r.detail,
+                    entries = [{"row": r.key, "status": r.status, "at": iso(self.clock.now()), "detail": r.detail,
                                 "refused": r.refused, "deferred": getattr(r, "deferred", {})} for r in results]
                     self._append_journal(entries)
                     for r in results:
@@ -367,10 +373,11 @@ class Outbox:
         stats.queued = self.pending_count()
         return stats
 
-    def housekeeping(self, archive_days: int = 30, now: datetime | None = None) -> tuple[int, int]:
+    def housekeeping(self, archive_days: float | None = None, now: datetime | None = None) -> tuple[int, int]:
         """Archive long-closed tickets and drop week-old sent rows; (archived, pruned)."""
+        days = self.cfg.archive_after_days if archive_days is None else archive_days
         with self.store.batch():
-            archived = self.store.archive(archive_days, now=now)
+            archived = self.store.archive(days, now=now)
             dropped = self.store.prune(now=now)
             still = {Segments.file_of(r.get("file") or "") for r in self.store.outbox_rows().values()}
         for f in {Segments.file_of(ref) for ref in dropped} - still:
@@ -382,6 +389,6 @@ class Outbox:
             row = self.store.outbox_rows().get(key)
             if row is None:
                 return False
-            self.store.update_outbox(key, {"status": "queued", "next_attempt_at": iso(utcnow()),
-                                           "attempts": 0, "created_at": iso(utcnow())})
+            self.store.update_outbox(key, {"status": "queued", "next_attempt_at": iso(self.clock.now()),
+                                           "attempts": 0, "created_at": iso(self.clock.now())})
         return True

@@ -61,7 +61,7 @@ class Pipeline:
         self.templates = templates
         self.clock = clock
         self.spool = Spool(store.dir / "spool")
-        self.outbox = Outbox(cfg, store, templates, dry=lambda: self.dry)
+        self.outbox = Outbox(cfg, store, templates, dry=lambda: self.dry, clock=clock)
         self.debug = cfg.log_level.lower() == "debug"
         self.dry = False  # simulate: decide everything, write no files (the batch is rolled back)
         self._open_counts: dict[str, int] | None = None

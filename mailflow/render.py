@@ -82,7 +82,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from mailflow.errors import ProblemsError
 
-REQUIRED = ("ack", "progress", "resolved", "closed", "reopened", "staff_notify", "escalation", "command_error")
+REQUIRED = ("ack", "progress", "resolved", "closed", "reopened", "staff_notify", "staff_update", "escalation",
+            "command_error")
 PARTS = ("subject", "txt", "html")
 LOCALES = ("zh", "en")
 
@@ -370,6 +371,7 @@ def sample_context(locale: str) -> dict:
             "status": "open",
             "category": "fault",
             "category_label": CATEGORY_LABELS[loc]["fault"],
+            "status_label": STATUS_LABELS[loc]["open"],
             "priority": "high",
             "priority_label": PRIORITY_LABELS[loc]["high"],
             "team": "tech-support",
@@ -401,6 +403,7 @@ def sample_context(locale: str) -> dict:
         "error": {"text": "未知指令 [FOO]" if zh else "unknown command [FOO]"},
         "commands": ["[ASSIGN bob]", "[FOO]"],
         "escalation": {"reason": ("首次响应已超时 2 小时" if zh else "first response overdue by 2 hours")},
+        "update": {"kind": "low_rating", "rating": 2, "status": "open"},
     }
 
 

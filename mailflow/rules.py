@@ -66,6 +66,7 @@ field                               type      meaning
 ``customer.tier``                   text      ``vip`` or ``standard``
 ``customer.open_tickets``           number    the sender's open tickets
 ``customer.complaints_30d``         number    the sender's complaints in the last 30 days
+``customer.spam_count``             number    the sender's tickets staff closed as spam
 ``sentiment``                       number    tone -1 (angry) .. 1 (happy), see ``features.py``
 ``mentions_staff``                  bool      the mail names a staff member
 ``sla.first_response_breached``     bool      escalation stage only
@@ -197,8 +198,8 @@ FIELDS: dict[str, str] = {
     "subject": "text", "text": "text", "content": "text", "from": "text", "to": "list",
     "mailbox": "text", "language": "text", "has_attachments": "bool", "category": "text",
     "priority": "level", "tags": "list", "team": "text", "customer.tier": "text",
-    "customer.open_tickets": "number", "customer.complaints_30d": "number", "sentiment": "number",
-    "mentions_staff": "bool", "sla.first_response_breached": "bool",
+    "customer.open_tickets": "number", "customer.complaints_30d": "number", "customer.spam_count": "number",
+    "sentiment": "number", "mentions_staff": "bool", "sla.first_response_breached": "bool",
     "sla.resolution_breached": "bool", "hours_since_update": "number", "status": "text",
 }
 # fields whose values are a closed set: a rule testing another value is a mistake

@@ -164,3 +164,56 @@ def status(cfg, store: Store) -> dict:
         "outbox_last_error": next((r["last_error"] for r in sorted(rows, key=lambda r: r.get("created_at") or "",
                                                                    reverse=True) if r.get("last_error")), None),
     }
+
+
+def find_ticket(store: Store, tid: str) -> tuple[dict | None, list[dict], bool]:
+    """(ticket, its messages, archived?) from the hot store or the archive."""
+    tid = tid.strip().upper()
+    t = store.ticket(tid)
+    if t is not None:
+        return t, store.messages_of(tid), False
+    entry = store.archived_ticket(tid)
+    if entry is None:
+        return None, [], False
+    return entry["ticket"], entry.get("messages", []), True
+
+
+def timeline(t: dict, messages: list[dict]) -> list[dict]:
+    """Every message both ways and every history entry (status changes with who/when/why, commands,
+    rule hits, ratings, SLA stamps), in time order; messages before events at the same instant."""
+    out: list[dict] = []
+    for m in messages:
+        out.append({"at": m.get("received_at") or m.get("date"), "type": "message", "direction": m["direction"],
+                    "kind": m.get("kind"), "from": m.get("from"), "to": m.get("to", []),
+                    "subject": m.get("subject"), "text": m.get("text", ""),
+                    "attachments": m.get("attachments", []), "message_id": m.get("message_id")})
+    for e in t.get("events", []):
+        out.append({"type": "event", **e})
+    order = {"message": 0, "event": 1}
+    return sorted(out, key=lambda x: (x.get("at") or "", order[x["type"]]))
+
+
+def ticket_view(store: Store, tid: str) -> dict | None:
+    """What `tickets show --json` prints: the ticket, its conversation and its timeline."""
+    t, msgs, archived = find_ticket(store, tid)
+    if t is None:
+        return None
+    msgs = sorted(msgs, key=lambda m: m.get("received_at") or "")
+    out = {
+        "id": t["id"], "status": t.get("status"), "category": t.get("category"), "priority": t.get("priority"),
+        "customer_email": t.get("customer_email"), "subject": t.get("subject"), "created_at": t.get("created_at"),
+        "message_count": len(msgs), "team": t.get("team"), "assignee": t.get("assignee"),
+        "tags": t.get("tags", []), "updated_at": t.get("updated_at"), "locale": t.get("locale"),
+        "mailbox": t.get("mailbox"),
+    }
+    out.update({k: t.get(k) for k in ("sla", "rules_fired", "events", "rating", "participants",
+                                      "first_response_at", "resolved_at", "closed_at", "customer_name")})
+    out.update({k: t.get(k) for k in ("close_reason", "reopen_count", "ratings", "merged_into", "merged_from",
+                                      "follows", "followed_by", "silence_from", "tier")})
+    out["archived"] = archived
+    out["messages"] = [{"direction": m["direction"], "from": m["from"], "to": m.get("to", []),
+                        "date": m.get("date"), "subject": m.get("subject"), "text": m.get("text", ""),
+                        "kind": m.get("kind"), "message_id": m["message_id"],
+                        "attachments": m.get("attachments", [])} for m in msgs]
+    out["timeline"] = timeline(t, msgs)
+    return out

@@ -578,7 +578,7 @@ class Store:
         self._index_undo(lambda: tids.add(tid))
         return self.ticket(tid)
 
-    def archive(self, older_than_days: int = 30, now: datetime | None = None) -> int:
+    def archive(self, older_than_days: float = 3.0, now: datetime | None = None) -> int:
         """Move tickets closed more than N days ago, with their messages, to monthly archive files."""
         self._require_batch()
         cutoff = iso((now or utcnow()) - timedelta(days=older_than_days)) or ""

@@ -112,7 +112,7 @@ TABLE: dict[str, dict[str, Cell]] = {
        for cmd in ("ASSIGN", "PRIORITY", "CATEGORY", "TAG", "ESCALATE")},
     "NOTE": {s: _ALLOWED for s in STATUSES},
     # ---- the scheduler -------------------------------------------------------------------------
-    "auto_close": {**{s: _refuse("only a resolved ticket closes by itself") for s in STATUSES},
+    "auto_close": {**{s: Cell(refuse="only a resolved ticket closes by itself", text="-") for s in STATUSES},
                    RESOLVED: _close("auto")},
 }
 
