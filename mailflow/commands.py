@@ -86,6 +86,11 @@ class CommandSpec:
     customer_template: str | None = None  # the mail the customer gets with it (with or without text)
     silent: bool = False  # nothing goes to the customer, even the staff member's text
     help: str = ""
+    argname: str = ""  # how the README writes the argument
+
+    def syntax(self, word: str | None = None) -> str:
+        w = word or self.name
+        return f"[{w} {self.argname}]" if self.argname else f"[{w}]"
 
 
 # ---- argument parsers -------------------------------------------------------------------------
@@ -232,18 +237,23 @@ REGISTRY: dict[str, CommandSpec] = {s.name: s for s in (
     CommandSpec("PENDING", ("待定", "等待", "等待客户", "等待客戶"), None, "", _nothing,
                 help="status `pending` (waiting for the customer); their next reply sets it back to `open`"),
     CommandSpec("ASSIGN", ("分配", "指派", "转交", "轉交"), _text_arg, "alice", _assign,
+                argname="name|team",
                 help="assign to a staff member (email, name or mailbox name) or to a team (picked by "
                      "`[routing] strategy`, never a staff member a complaint names); the assignee is notified"),
     CommandSpec("PRIORITY", ("优先级", "優先級"), _priority_arg, "urgent", _priority,
+                argname="level",
                 help="`urgent`, `high`, `normal`, `low` (紧急/高/普通/低); SLA due times are recomputed"),
     CommandSpec("CATEGORY", ("分类", "類別", "分類"), _category_arg, "fault", _category,
+                argname="name",
                 help="`complaint`, `fault`, `inquiry`, `suggestion`, `praise` (投诉/故障/咨询/建议/表扬)"),
-    CommandSpec("TAG", ("标签", "標籤"), _text_arg, "refund", _tag, help="add a tag"),
+    CommandSpec("TAG", ("标签", "標籤"), _text_arg, "refund", _tag, argname="x",
+                help="add a tag"),
     CommandSpec("NOTE", ("备注", "內部", "内部", "備註"), None, "", _note, silent=True,
                 help="internal: the text stays on the ticket, nothing goes to the customer"),
     CommandSpec("ESCALATE", ("升级", "升級"), None, "", _escalate,
                 help="escalation mail to the team's leads (or the escalation chain)"),
     CommandSpec("MERGE", ("合并", "合併"), _ticket_arg, "CW202611230001", _merge, silent=True,
+                argname="CW...",
                 help="close this ticket as merged into another open one; the customer's later replies go "
                      "there, and they become a participant of it"),
     CommandSpec("SPAM", ("垃圾", "垃圾邮件", "垃圾郵件"), None, "", _spam, silent=True,
@@ -252,6 +262,15 @@ REGISTRY: dict[str, CommandSpec] = {s.name: s for s in (
 )}
 ALIASES: dict[str, str] = {**{n: n for n in REGISTRY}, **{a: s.name for s in REGISTRY.values() for a in s.aliases}}
 STATUS_COMMANDS = ("RESOLVE", "CLOSE", "REOPEN", "PENDING", "MERGE", "SPAM")  # applied after the others
+
+
+def readme_table() -> str:
+    """The staff command reference as the README shows it (kept in step by a test)."""
+    rows = ["| command | Chinese | effect |", "|---|---|---|"]
+    for spec in REGISTRY.values():
+        zh = " ".join(f"`{spec.syntax(a)}`" for a in spec.aliases if not a.isascii())
+        rows.append(f"| `{spec.syntax()}` | {zh} | {spec.help} |".replace("name|team", "name\\|team"))
+    return "\n".join(rows)
 
 
 def parse_commands(subject: str, prefix: str = "CW", ticket_subject: str = "") -> Parsed:

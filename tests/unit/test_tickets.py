@@ -121,3 +121,12 @@ def test_readme_shows_the_table():
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     assert tickets.readme_table() in readme, "README's lifecycle table is out of date: paste tickets.readme_table()"
+
+
+def test_readme_shows_the_staff_commands():
+    from pathlib import Path
+
+    from mailflow import commands
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert commands.readme_table() in readme, "README's staff command table is out of date"
