@@ -449,11 +449,18 @@ def outbox_list(obj: Ctx, status: str | None, as_json: bool) -> None:
 
 @outbox.command("retry")
 @click.argument("row")
+@click.option("--resend", is_flag=True, help="Also queue a row that was already delivered (it arrives twice).")
 @click.pass_obj
-def outbox_retry(obj: Ctx, row: str) -> None:
-    """Queue a failed (or queued) row for an immediate new attempt."""
+def outbox_retry(obj: Ctx, row: str, resend: bool) -> None:
+    """Queue a failed (or queued) row for an immediate new attempt, e.g. `mailflow outbox retry 12`."""
+    from mailflow.outbox import OutboxError
+
     p = obj.pipeline()
-    if not p.outbox.retry(row):
+    try:
+        ok = p.outbox.retry(row, resend=resend)
+    except OutboxError as e:
+        raise click.ClickException(str(e)) from None
+    if not ok:
         raise click.ClickException(f"no outbox row {row}")
     click.echo(f"row {row} queued; `mailflow run --once` or the daemon sends it")
 

@@ -50,7 +50,7 @@ log = logging.getLogger("mailflow.daemon")
 
 SEND_INTERVAL = 5.0  # the sender looks for due outbox rows at least this often
 HOUSEKEEPING_EVERY = 6 * 3600.0  # archive long-closed tickets, prune old rows: at start, then this often
-FLUSH_CHUNK = 10  # results journaled (fsync) every N mails: at most N resent if a flush is cut short
+FLUSH_CHUNK = 50  # mails per locked step of a flush (each result is journaled, fsynced, as it comes)
 STATUS_EVERY = 2.0  # seconds between STATUS=/file-watch checks
 NO_WATCHDOG_FLOOR = 60.0  # without systemd's watchdog a loop is reported wedged after this
 
@@ -224,10 +224,12 @@ class Sender:
         loop = asyncio.new_event_loop()
         self._loop = loop
         try:
+            first = True  # mail queued before a restart goes out at once, not after one interval
             while not self._abort:
-                if not self._final.is_set():
+                if not self._final.is_set() and not first:
                     self.beat, self.allowance = time.monotonic(), self.interval + 10
                     self._wake.wait(self.interval)
+                first = False
                 self._wake.clear()
                 final = self._final.is_set()
                 self._flush(loop)

@@ -33,6 +33,10 @@ log = logging.getLogger("mailflow.outbox")
 STAFF_TEMPLATES = {"staff_notify", "escalation", "command_error"}
 
 
+class OutboxError(Exception):
+    pass
+
+
 @dataclass
 class FlushStats:
     sent: int = 0
@@ -334,7 +338,7 @@ class Outbox:
 
     async def flush(self, chunk: int = 50, now: datetime | None = None) -> FlushStats:
         """Try every due row once over one connection per SMTP server; journal each result."""
-        from mailflow.send import OutMail, SmtpSender
+        from mailflow.send import OutMail, SendResult, SmtpSender
 
         stats = FlushStats()
         groups: dict[int, tuple[SmtpConfig, list[tuple[str, dict]]]] = {}
@@ -347,26 +351,33 @@ class Outbox:
         for smtp, rows in groups.values():
             sender = SmtpSender(smtp)
             try:
-                for i in range(0, len(rows), chunk):
-                    part = rows[i:i + chunk]
-                    mails = []
-                    for k, row in part:
-                        try:
-                            data = self.segments.read(row["file"])
-                        except OSError as e:
-                            self._append_journal([{"row": k, "status": "perm", "at": iso(self.clock.now()),
-                                                   "detail": f"outbox file missing: {e}"}])
-                            stats.perm += 1
-                            continue
-                        mails.append(OutMail(k, row["sender"], row["to"], data))
-                    results = await sender.send_many(mails)
-                    entries = [{"row": r.key, "status": r.status, "at": iso(self.clock.now()), "detail": r.detail,
-                                "refused": r.refused, "deferred": getattr(r, "deferred", {})} for r in results]
-                    self._append_journal(entries)
-                    for r in results:
-                        setattr(stats, r.status, getattr(stats, r.status) + 1)
-                        if r.status != "sent":
-                            log.info("send %s row=%s: %s", r.status, r.key, mask_addresses(r.detail))
+                mails = []
+                for k, row in rows:
+                    try:
+                        data = self.segments.read(row["file"])
+                    except OSError as e:
+                        self._append_journal([{"row": k, "status": "perm", "at": iso(self.clock.now()),
+                                               "detail": f"outbox file missing: {e}"}])
+                        stats.perm += 1
+                        continue
+                    mails.append(OutMail(k, row["sender"], row["to"], data))
+
+                def journal(r, stats=stats) -> None:
+                    # one fsynced line per result before the next mail goes out: a crash re-sends at
+                    # most the one mail the server accepted but the journal had not yet recorded
+                    self._append_journal([{"row": r.key, "status": r.status, "at": iso(self.clock.now()),
+                                           "detail": r.detail, "refused": r.refused,
+                                           "deferred": getattr(r, "deferred", {})}])
+                    setattr(stats, r.status, getattr(stats, r.status) + 1)
+                    if r.status != "sent":
+                        log.info("send %s row=%s: %s", r.status, r.key, mask_addresses(r.detail))
+
+                for i in range(0, len(mails), chunk):  # chunks bound how long one step holds the lock
+                    got = await sender.send_many(mails[i:i + chunk], on_result=journal)
+                    if got and all(r.status == "temp" and r.detail.startswith("cannot connect") for r in got):
+                        for m in mails[i + chunk:]:  # the server is away: the rest waits for the backoff
+                            journal(SendResult(m.key, "temp", got[-1].detail))
+                        break
             finally:
                 await sender.close()
         self.fold_journal()
@@ -384,11 +395,18 @@ class Outbox:
             (self.dir / f).unlink(missing_ok=True)
         return archived, len(dropped)
 
-    def retry(self, key: str) -> bool:
+    def retry(self, key: str, resend: bool = False) -> bool:
+        """Queue a row for an immediate new attempt. A delivered row is refused (it would reach the
+        recipient twice) unless `resend` says that is what the admin wants."""
+        self.fold_journal()
         with self.store.batch():
             row = self.store.outbox_rows().get(key)
             if row is None:
                 return False
+            delivered = row.get("status") == "sent"
+            if delivered and not resend:
+                raise OutboxError(f"row {key} was delivered at {row.get('sent_at') or 'the last flush'}: "
+                                  "use --resend to send it again")
             self.store.update_outbox(key, {"status": "queued", "next_attempt_at": iso(self.clock.now()),
                                            "attempts": 0, "created_at": iso(self.clock.now())})
         return True

@@ -1002,3 +1002,20 @@ def parse_message(raw: bytes, prefix: str = "CW") -> Message:
         raise
     except Exception as exc:  # the contract: quarantine, never crash the batch
         raise ParseError(f"unparseable message: {type(exc).__name__}: {exc}") from exc
+
+
+def identity(raw: bytes) -> tuple[str, str]:
+    """(Message-ID, content hash) exactly as `parse_message` gives them, from the header block alone:
+    cheap enough to skip spooling mail that was already processed (a repeat `ingest`, a replay)."""
+    h = content_hash(raw)
+    try:
+        data = raw.replace(b"\r\n", b"\n")
+        if data.startswith(b"From "):
+            data = data.partition(b"\n")[2]
+        head = data.partition(b"\n\n")[0]
+        msg = BytesParser(policy=compat32).parsebytes(head + b"\n\n", headersonly=True)
+        values = [v if isinstance(v, str) else str(v) for k, v in msg.raw_items() if k.lower() == "message-id"]
+        ids = _msg_ids(" ".join(_raw_to_str(v)[0] for v in values))
+    except Exception:  # noqa: BLE001 - the full parse decides what this mail is
+        ids = []
+    return (ids[0] if ids else "mailflow-synth-" + h[:32]), h

@@ -20,7 +20,7 @@ from mailflow.decide import Decider, Evaluation
 from mailflow.intake import route
 from mailflow.model import Message
 from mailflow.outbox import Outbox
-from mailflow.parse import ParseError, parse_message
+from mailflow.parse import ParseError, identity, parse_message
 from mailflow.plan import Plan
 from mailflow.privacy import mask, mask_addresses
 from mailflow.render import Templates
@@ -83,7 +83,7 @@ class Pipeline:
 
     def process(self, items: list[Incoming], checkpoint: tuple[str, dict] | None = None) -> list[Result]:
         """Spool (fsync) every message, then handle all in one commit together with the checkpoint."""
-        todo = [it for it in items if it.spool_rel is None]
+        todo = [it for it in items if it.spool_rel is None and not self._known(it)]
         for it, ref in zip(todo, self.spool.write_many([it.raw for it in todo]), strict=True):
             it.spool_rel = ref
         results: list[Result] = []
@@ -106,6 +106,13 @@ class Pipeline:
                          r.uid if r.uid is not None else "-", r.reason if self.debug else mask_addresses(r.reason))
         return results
 
+    def _known(self, it: Incoming) -> bool:
+        """Already processed (a repeat ingest, a replayed fetch): nothing of it is written again."""
+        mid, h = identity(it.raw)
+        with self.store.mutex:
+            self.store.refresh()
+            return self.store.already_seen(mid, h)
+
     def _one(self, it: Incoming, now: datetime) -> Result:
         try:
             msg = parse_message(it.raw, prefix=self.cfg.prefix)
@@ -122,12 +129,15 @@ class Pipeline:
             return self._quarantine(it, f"{type(e).__name__}: {e}", now)
 
     def _quarantine(self, it: Incoming, reason: str, now: datetime, status: str = "held") -> Result:
-        for q in self.store.quarantined():  # a replayed batch (crash, UIDVALIDITY resync) adds no twin
-            if q.get("spool") == it.spool_rel and q.get("status") in ("held", "spam"):
+        h = identity(it.raw)[1]
+        for q in self.store.quarantined():  # a replayed batch (crash, UIDVALIDITY resync, ingest) adds no twin
+            if (q.get("spool") == it.spool_rel or q.get("hash") == h) and q.get("status") in ("held", "spam"):
                 return Result("quarantined", None, f"quarantine id {q['qid']}: {reason}", it.uid, it.mailbox)
+        if it.spool_rel is None:  # skipped as known, yet it must be kept: spool it now
+            it.spool_rel = self.spool.write_many([it.raw])[0]
         qid = self.store.add_quarantine({
             "at": iso(now), "reason": reason, "spool": it.spool_rel, "mailbox": it.mailbox,
-            "uid": it.uid, "status": status, "size": len(it.raw),
+            "uid": it.uid, "status": status, "size": len(it.raw), "hash": h,
         })
         return Result("quarantined", None, f"quarantine id {qid}: {reason}", it.uid, it.mailbox)
 

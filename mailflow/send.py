@@ -30,6 +30,7 @@ import logging
 import re
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiosmtplib
@@ -178,8 +179,11 @@ class SmtpSender:
         await self.close()
 
     # -- sending ---------------------------------------------------------------------------------
-    async def send_many(self, mails: list[OutMail]) -> list[SendResult]:
-        """Send in order over one connection; one result per mail, in the same order."""
+    async def send_many(self, mails: list[OutMail],
+                        on_result: Callable[[SendResult], None] | None = None) -> list[SendResult]:
+        """Send in order over one connection; one result per mail, in the same order. `on_result`
+        hears each result as soon as it is known (the outbox journals it before the next mail, so a
+        crash re-sends at most the one mail in flight)."""
         results: list[SendResult] = []
         if not mails:
             return results
@@ -192,6 +196,9 @@ class SmtpSender:
                     why = await self._connect()
                     if why is not None:
                         results.extend(SendResult(m.key, "temp", why) for m in mails[i:])
+                        if on_result is not None:
+                            for r in results[i:]:
+                                on_result(r)
                         break
                 try:
                     res = await self._send_one(mail)
@@ -203,6 +210,9 @@ class SmtpSender:
                                     self.cfg.port, e)
                         continue
                     results.extend(SendResult(m.key, "temp", f"connection lost: {e}") for m in mails[i:])
+                    if on_result is not None:
+                        for r in results[i:]:
+                            on_result(r)
                     log.warning("smtp %s:%s connection lost again; %d mail(s) deferred", self.cfg.host,
                                 self.cfg.port, len(mails) - i)
                     break
@@ -211,6 +221,8 @@ class SmtpSender:
                     self._discard()
                     res = SendResult(mail.key, "temp", f"{type(e).__name__}: {mask(str(e))}")
                 results.append(res)
+                if on_result is not None:
+                    on_result(res)
                 self._log(mail, res)
                 if res.status == "sent":
                     may_reconnect = True
