@@ -80,6 +80,7 @@ import jinja2
 from jinja2 import FileSystemLoader, StrictUndefined, select_autoescape
 
 from mailflow.errors import ProblemsError
+from mailflow.idn import idna_domain
 from mailflow.sandbox import BudgetedEnvironment, BudgetError
 
 REQUIRED = ("ack", "progress", "resolved", "closed", "reopened", "staff_notify", "escalation", "command_error")
@@ -515,14 +516,19 @@ def _fold(line: str, width: int = 78) -> str:
 
 
 def _addr(a: str) -> str:
+    """The address as it goes into a header. A Unicode domain with an ASCII local part is punycoded
+    (the mail stays 7-bit and needs no SMTPUTF8); with a UTF-8 local part (RFC 6531) the address is
+    written in UTF-8 as it is (an RFC 6532 header: sending it needs SMTPUTF8, see send.py)."""
     a = _clean(a)
     if a.startswith("<") and a.endswith(">"):
         a = a[1:-1]
     if not a or a.count("@") != 1 or _BAD_ADDR.search(a):
         raise ValueError(f"not a plain email address: {a!r}")
     local, _, domain = a.partition("@")
-    if not domain.isascii():
-        domain = domain.encode("idna").decode("ascii")
+    if not local or not domain:
+        raise ValueError(f"not a plain email address: {a!r}")
+    if local.isascii() and not domain.isascii():
+        domain = idna_domain(domain) or domain
     return f"{local}@{domain}"
 
 
@@ -561,7 +567,8 @@ def _body(text: str, subtype: str) -> bytes:
 def build_mail(rendered: Rendered, *, from_addr: str, from_name: str, to: list[str], reply_to: str,
                message_id: str, in_reply_to: str | None, references: list[str], auto_submitted: str,
                extra_headers: dict[str, str] | None = None, date: datetime | None = None) -> bytes:
-    """The RFC 5322 bytes of one outgoing mail (CRLF line ends, 7-bit clean).
+    """The RFC 5322 bytes of one outgoing mail (CRLF line ends, 7-bit clean unless an address has a
+    UTF-8 local part: then the headers are RFC 6532 UTF-8 and the mail needs SMTPUTF8 to go out).
 
     Message ids may be given with or without angle brackets. Addresses must be plain
     ``local@domain`` (``ValueError`` otherwise). ``extra_headers`` may not repeat a header this
@@ -601,12 +608,12 @@ def build_mail(rendered: Rendered, *, from_addr: str, from_name: str, to: list[s
     h.append("MIME-Version: 1.0")
     head = "\r\n".join(h) + "\r\n"
     if rendered.html is None:
-        return head.encode("ascii") + _body(rendered.text, "plain")
+        return head.encode("utf-8") + _body(rendered.text, "plain")
     boundary = "=_mf_" + secrets.token_hex(12)
     b = boundary.encode("ascii")
     head += f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'
     return b"".join((
-        head.encode("ascii"),
+        head.encode("utf-8"),
         b"This is a multi-part message in MIME format.\r\n",
         b"--", b, b"\r\n", _body(rendered.text, "plain"),
         b"--", b, b"\r\n", _body(rendered.html, "html"),
