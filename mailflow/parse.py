@@ -15,6 +15,7 @@ import hashlib
 import html as htmlmod
 import io
 import re
+import unicodedata
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -259,16 +260,37 @@ _ADDR_FALLBACK = re.compile(r"<([^<>@\s]+@[^<>\s]+)>|([\w.!#$%&'*+/=?^`{|}~-]+@[
 _SYSTEM_SENDERS = frozenset({"mailer-daemon", "postmaster"})
 
 
+_IDEO_DOTS = re.compile("[\u3002\uff0e\uff61]")  # 。．｡: IDNA reads them as "." (RFC 3490 3.1)
+
+
+def _norm_addr(addr: str) -> str:
+    """One spelling per mailbox: lowercase, NFC, and an internationalised domain in Unicode whether it
+    came as Unicode (RFC 6531/6532 mail), with ideographic dots, or as punycode (``xn--``)."""
+    addr = unicodedata.normalize("NFC", addr.strip().strip("<>")).lower()
+    local, at, domain = addr.rpartition("@")
+    if not at or not domain or domain.isascii() and "xn--" not in domain:
+        return addr
+    domain = _IDEO_DOTS.sub(".", domain)
+    if "xn--" in domain and domain.isascii():
+        try:
+            domain = domain.encode("ascii").decode("idna").lower()
+        except UnicodeError:  # not valid punycode: keep it as written
+            pass
+    return f"{local}@{domain}"
+
+
 def _addresses(values: Iterable[str]) -> list[tuple[str, str]]:
     """(decoded display name, lowercase address) pairs; names are decoded after splitting so that
-    an encoded comma inside a name cannot split an address."""
+    an encoded comma inside a name cannot split an address. Non-ASCII addresses (RFC 6531: a UTF-8
+    local part and/or a Unicode domain, or the domain in punycode) come out in one normal form
+    (`_norm_addr`), so the same customer is recognised whichever way their client wrote it."""
     vals = [v for v in values if v]
     if not vals:
         return []
     out: list[tuple[str, str]] = []
     seen: set[str] = set()
     for name, addr in getaddresses(vals):
-        addr = addr.strip().strip("<>").lower()
+        addr = _norm_addr(addr)
         if not addr or addr in seen or any(c.isspace() for c in addr):
             continue
         seen.add(addr)

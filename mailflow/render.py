@@ -78,9 +78,10 @@ from zoneinfo import ZoneInfo
 
 import jinja2
 from jinja2 import FileSystemLoader, StrictUndefined, select_autoescape
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from mailflow.errors import ProblemsError
+from mailflow.idn import idna_domain
+from mailflow.sandbox import BudgetedEnvironment, BudgetError
 
 REQUIRED = ("ack", "progress", "resolved", "closed", "reopened", "staff_notify", "staff_update", "escalation",
             "command_error")
@@ -162,8 +163,8 @@ def hours(value: Any) -> str:
 # templates
 
 
-def _env(templates_dir: Path) -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+def _env(templates_dir: Path) -> BudgetedEnvironment:
+    env = BudgetedEnvironment(
         loader=FileSystemLoader(str(templates_dir)),
         undefined=StrictUndefined,
         autoescape=select_autoescape(enabled_extensions=("html.j2", "htm.j2"), default_for_string=False,
@@ -173,8 +174,8 @@ def _env(templates_dir: Path) -> ImmutableSandboxedEnvironment:
         lstrip_blocks=True,
         auto_reload=False,
     )
-    env.filters["datefmt"] = datefmt
-    env.filters["hours"] = hours
+    env.add_filter("datefmt", datefmt)
+    env.add_filter("hours", hours)
     return env
 
 
@@ -191,6 +192,12 @@ def _where(exc: BaseException, files: dict[str, str], fallback: str) -> str:
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, BudgetError):
+        return f"render budget exceeded: {exc}"
+    if isinstance(exc, RecursionError):
+        return "render budget exceeded: recursion too deep"
+    if isinstance(exc, MemoryError):
+        return "render budget exceeded: out of memory"
     if isinstance(exc, jinja2.TemplateSyntaxError):
         return f"syntax error: {exc.message}"
     if isinstance(exc, jinja2.UndefinedError):
@@ -218,7 +225,7 @@ def _text(s: str) -> str:
 class Templates:
     """All templates of a directory, compiled once. Reload = ``Templates.load`` again."""
 
-    def __init__(self, templates_dir: Path, env: ImmutableSandboxedEnvironment,
+    def __init__(self, templates_dir: Path, env: BudgetedEnvironment,
                  compiled: dict[tuple[str, str, str], jinja2.Template], files: dict[str, str]):
         self.templates_dir = templates_dir
         self._env = env
@@ -228,8 +235,11 @@ class Templates:
 
     @classmethod
     def load(cls, templates_dir: Path) -> Templates:
+        """Compile and check every template exactly as `check_templates` does (`_checked`: the sample
+        render of every template and locale under the render budget, subjects carry the ticket id,
+        required names exist); TemplateError lists every problem, so nothing `check` refuses goes live."""
         templates_dir = Path(templates_dir)
-        tpl, problems, env, files = _compile(templates_dir)
+        tpl, problems, env, files = _checked(templates_dir)
         if problems:
             raise TemplateError(problems)
         return cls(templates_dir, env, tpl, files)
@@ -251,17 +261,10 @@ class Templates:
         loc = self._pick(locale, name)
         if loc is None:
             raise TemplateError([f"{self.templates_dir / locale / (name + '.txt.j2')}:0: no such template"])
-        out: dict[str, str | None] = {}
-        for part in PARTS:
-            t = self._t.get((loc, name, part))
-            if t is None:
-                out[part] = None
-                continue
-            try:
-                out[part] = t.render(context)
-            except Exception as e:  # noqa: BLE001 - any failure inside a template is a template problem
-                fallback = str(self.templates_dir / loc / f"{name}.{part}.j2")
-                raise TemplateError([f"{_where(e, self._files, fallback)}: {_reason(e)}"]) from None
+        out = _render_mail(self._env, self._t, self._files, self.templates_dir, loc, name, cap_context(context),
+                           stop_at_first=True)
+        if isinstance(out, list):
+            raise TemplateError(out)
         return Rendered(subject=_one_line(out["subject"] or ""), text=_text(out["txt"] or ""),
                         html=out["html"])
 
@@ -329,28 +332,69 @@ def _compile(templates_dir: Path):
     return compiled, problems, env, files
 
 
-def check_templates(templates_dir: Path) -> list[str]:
-    """Compile and render every template with ``sample_context``; ``file:line: reason`` problems."""
-    templates_dir = Path(templates_dir)
-    compiled, problems, _env_, files = _compile(templates_dir)
-    for (loc, name, part), t in sorted(compiled.items()):
+def _render_mail(env: BudgetedEnvironment, compiled: dict, files: dict[str, str], templates_dir: Path, loc: str,
+                 name: str, ctx: dict, stop_at_first: bool) -> dict[str, str | None] | list[str]:
+    """Every part of one mail under one render budget: {part: text or None}, or the problems."""
+    out: dict[str, str | None] = {}
+    problems: list[str] = []
+    with env.budget():
+        for part in PARTS:
+            t = compiled.get((loc, name, part))
+            if t is None:
+                out[part] = None
+                continue
+            try:
+                out[part] = env.render_capped(t, ctx)
+            except Exception as e:  # noqa: BLE001 - any failure inside a template is a template problem
+                fallback = str(templates_dir / loc / f"{name}.{part}.j2")
+                problems.append(f"{_where(e, files, fallback)}: {_reason(e)}")
+                if stop_at_first or isinstance(e, BudgetError | RecursionError | MemoryError):
+                    break  # this mail's budget is spent: its other parts would only fail for that
+    return problems or out
+
+
+def _checked(templates_dir: Path):
+    """Compile every template and render each mail (template x locale) with ``sample_context`` under
+    the same budget as a real render: (compiled, problems, env, files). The one check behind both
+    `check_templates` (``mailflow check``) and `Templates.load` (start and reload)."""
+    compiled, problems, env, files = _compile(templates_dir)
+    for loc, name in sorted({(loc, name) for loc, name, _ in compiled}):
         ctx = sample_context(loc)
-        path = str(templates_dir / loc / f"{name}.{part}.j2")
-        try:
-            out = t.render(ctx)
-        except Exception as e:  # noqa: BLE001
-            problems.append(f"{_where(e, files, path)}: {_reason(e)}")
+        out = _render_mail(env, compiled, files, templates_dir, loc, name, ctx, stop_at_first=False)
+        if isinstance(out, list):
+            problems.extend(out)
             continue
-        if part == "subject" and f"[{ctx['ticket']['id']}]" not in out:
-            problems.append(f"{path}:1: subject does not carry [{{{{ ticket.id }}}}] (replies would not "
-                            f"thread onto the ticket)")
+        subject = out.get("subject")
+        if subject is not None and f"[{ctx['ticket']['id']}]" not in subject:
+            problems.append(f"{templates_dir / loc / f'{name}.subject.j2'}:1: subject does not carry "
+                            f"[{{{{ ticket.id }}}}] (replies would not thread onto the ticket)")
     names = {name for _, name, part in compiled if part == "txt"}
     names |= {n for _, n, p, _ in _scan(templates_dir)[0] if p == "txt"}  # present but broken
     for name in REQUIRED:
         if name not in names:
             problems.append(f"{templates_dir / LOCALES[0] / (name + '.txt.j2')}:0: missing required template "
                             f"{name!r} (in no locale)")
-    return problems
+    return compiled, problems, env, files
+
+
+def check_templates(templates_dir: Path) -> list[str]:
+    """Every problem `Templates.load` would raise, as ``file:line: reason`` ([] if the set is good)."""
+    return _checked(Path(templates_dir))[1]
+
+
+CONTEXT_TEXT_MAX = 64 * 1024  # characters of one context string (customer text...) a template sees
+
+
+def cap_context(ctx: Any) -> Any:
+    """The context with every string longer than CONTEXT_TEXT_MAX cut there (marked ``[…]``): a long
+    customer mail quoted by a template cannot push the mail over the output budget."""
+    if isinstance(ctx, str):
+        return ctx if len(ctx) <= CONTEXT_TEXT_MAX else ctx[:CONTEXT_TEXT_MAX] + " […]"
+    if isinstance(ctx, dict):
+        return {k: cap_context(v) for k, v in ctx.items()}
+    if isinstance(ctx, list | tuple):
+        return type(ctx)(cap_context(v) for v in ctx)
+    return ctx
 
 
 # --------------------------------------------------------------------------------------------------
@@ -475,14 +519,19 @@ def _fold(line: str, width: int = 78) -> str:
 
 
 def _addr(a: str) -> str:
+    """The address as it goes into a header. A Unicode domain with an ASCII local part is punycoded
+    (the mail stays 7-bit and needs no SMTPUTF8); with a UTF-8 local part (RFC 6531) the address is
+    written in UTF-8 as it is (an RFC 6532 header: sending it needs SMTPUTF8, see send.py)."""
     a = _clean(a)
     if a.startswith("<") and a.endswith(">"):
         a = a[1:-1]
     if not a or a.count("@") != 1 or _BAD_ADDR.search(a):
         raise ValueError(f"not a plain email address: {a!r}")
     local, _, domain = a.partition("@")
-    if not domain.isascii():
-        domain = domain.encode("idna").decode("ascii")
+    if not local or not domain:
+        raise ValueError(f"not a plain email address: {a!r}")
+    if local.isascii() and not domain.isascii():
+        domain = idna_domain(domain) or domain
     return f"{local}@{domain}"
 
 
@@ -521,7 +570,8 @@ def _body(text: str, subtype: str) -> bytes:
 def build_mail(rendered: Rendered, *, from_addr: str, from_name: str, to: list[str], reply_to: str,
                message_id: str, in_reply_to: str | None, references: list[str], auto_submitted: str,
                extra_headers: dict[str, str] | None = None, date: datetime | None = None) -> bytes:
-    """The RFC 5322 bytes of one outgoing mail (CRLF line ends, 7-bit clean).
+    """The RFC 5322 bytes of one outgoing mail (CRLF line ends, 7-bit clean unless an address has a
+    UTF-8 local part: then the headers are RFC 6532 UTF-8 and the mail needs SMTPUTF8 to go out).
 
     Message ids may be given with or without angle brackets. Addresses must be plain
     ``local@domain`` (``ValueError`` otherwise). ``extra_headers`` may not repeat a header this
@@ -561,12 +611,12 @@ def build_mail(rendered: Rendered, *, from_addr: str, from_name: str, to: list[s
     h.append("MIME-Version: 1.0")
     head = "\r\n".join(h) + "\r\n"
     if rendered.html is None:
-        return head.encode("ascii") + _body(rendered.text, "plain")
+        return head.encode("utf-8") + _body(rendered.text, "plain")
     boundary = "=_mf_" + secrets.token_hex(12)
     b = boundary.encode("ascii")
     head += f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'
     return b"".join((
-        head.encode("ascii"),
+        head.encode("utf-8"),
         b"This is a multi-part message in MIME format.\r\n",
         b"--", b, b"\r\n", _body(rendered.text, "plain"),
         b"--", b, b"\r\n", _body(rendered.html, "html"),

@@ -37,7 +37,9 @@ operator                        true when
 ``matches: "REGEX"``            Python ``re.search`` finds the pattern (Unicode, case-insensitive; give
                                 ``{pattern: "...", case_sensitive: true}`` to respect case); a list of
                                 patterns matches when any does; list field: any element matches.
-                                Prefer single quotes: in double quotes YAML turns ``\b`` into a backspace
+                                Prefer single quotes: in double quotes YAML turns ``\b`` into a backspace.
+                                Patterns whose shape backtracks catastrophically (``(a+)+``, ``(a|a)*``)
+                                are rejected; each search has a time budget (see regexes.py)
 ``contains: W`` / ``[W, ...]``  the text contains any of the keywords (case-insensitive substring); list
                                 field: any keyword is one of its elements
 ``exists: true|false``          the field is present and not empty (``false``: absent or empty)
@@ -150,9 +152,13 @@ is built around them:
   to a list; the decisions are the rule's precompiled actions. The engine swallows exceptions
   raised inside actions, so the action catches them itself and `evaluate` raises `RuleEvalError`
   naming the rule; engine errors also become `RuleEvalError`.
-* **Regexes stay fast.** Each ``matches`` pattern gets a literal prefilter derived from its
-  parse tree (a set of fragments one of which every match contains); ``re.search`` runs only when
-  a fragment occurs in the text. It can only say "maybe" wrongly, never "no" (property-tested).
+* **Regexes stay fast and bounded.** Each ``matches`` pattern gets a literal prefilter derived from
+  its parse tree (a set of fragments one of which every match contains); the real search runs only
+  when a fragment occurs in the text. It can only say "maybe" wrongly, never "no" (property-tested).
+  Patterns are written in ``re`` syntax but matched with the ``regex`` module under a time budget,
+  and catastrophic shapes are rejected when the rules compile (`regexes.hazard`): a rule can cost
+  one message its budget (`RuleEvalError` naming the rule; the message is quarantined), never the
+  daemon its progress.
 * **Versioned names.** A ruleset name cannot be registered twice, so each load registers
   ``mf_v<version>_<stage>``; when a `RuleSet` is garbage collected its rulesets are deleted from
   the engine.
@@ -176,6 +182,7 @@ from typing import Any
 
 import yaml
 
+from mailflow import regexes
 from mailflow.errors import ProblemsError
 
 try:  # the regex parser, used to derive literal prefilters (Python 3.11+: re._parser)
@@ -504,24 +511,25 @@ def _make_leaf_fn(field: str, kind: str, op: str, value: Any) -> Callable[[_View
         return text_in
 
     if op == "matches":
-        rx: re.Pattern = value
-        pf = _prefilter(rx.pattern, rx.flags)
+        rx, flags = value  # a `regex` pattern (time-bounded search, see regexes.py) and its re flags
+        pf = _prefilter(rx.pattern, flags)
+        search = regexes.search
         if kind == "list":
             def list_matches(v: _View) -> bool:
-                return any(rx.search(x) for x in v.items(field))
+                return any(search(rx, x) for x in v.items(field))
             return list_matches
 
         if pf is None:
             def text_matches(v: _View) -> bool:
                 x = v.text(field)
-                return x is not None and rx.search(x) is not None
+                return x is not None and search(rx, x)
             return text_matches
 
         def text_matches_pf(v: _View) -> bool:
             x = v.text(field)
             if x is None or pf.search(v.prefolded(field)) is None:
                 return False
-            return rx.search(x) is not None
+            return search(rx, x)
         return text_matches_pf
 
     if op == "contains":
@@ -768,10 +776,18 @@ class _Compiler:
                     where = f" at position {e.pos}" if e.pos is not None else ""
                     self.err(f"{path}: bad regex {x!r}: {e.msg}{where}")
                     return None
+                why = regexes.hazard(x, flags)
+                if why:
+                    self.err(f"{path}: unsafe regex {x!r}: {why}")
+                    return None
             pattern = patterns[0] if len(patterns) == 1 else "|".join(f"(?:{x})" for x in patterns)
-            rx = re.compile(pattern, flags)
-            return self.leaf((field, "matches", pattern, case_sensitive), _make_leaf_fn(field, kind, op, rx),
-                             f"{field} matches {pattern!r}")
+            try:
+                rx = regexes.compile_rx(pattern, flags)
+            except Exception as e:  # noqa: BLE001 - valid for re but not for the bounded engine
+                self.err(f"{path}: regex {pattern!r} is not supported: {e}")
+                return None
+            return self.leaf((field, "matches", pattern, case_sensitive),
+                             _make_leaf_fn(field, kind, op, (rx, flags)), f"{field} matches {pattern!r}")
         if op == "contains":
             if kind not in ("text", "list"):
                 self.err(f"{path}: 'contains' works on text fields; '{field}' is {kind}")
@@ -1025,17 +1041,26 @@ class _Stage:
     engine_name: str | None = None
 
     def leaf_values(self, view: _View) -> list[bool]:
+        values: list[bool] = []
+        append = values.append
         try:
-            return [bool(leaf.fn(view)) for leaf in self.leaves]
-        except Exception:
-            for i, leaf in enumerate(self.leaves):
-                try:
-                    leaf.fn(view)
-                except Exception as e:
-                    raise RuleEvalError(self._rule_using(i), self.name, f"{leaf.desc}: {e!r}") from e
-            raise
+            for leaf in self.leaves:
+                append(bool(leaf.fn(view)))
+        except Exception as e:
+            raise self.leaf_error(len(values), e) from e
+        return values
+
+    def leaf_error(self, i: int, e: Exception) -> RuleEvalError:
+        """The RuleEvalError for leaf `i` raising `e`: names the rule, and for a regex the budget."""
+        leaf = self.leaves[i]
+        if isinstance(e, regexes.BudgetExceeded):
+            return RuleEvalError(self._rule_using(i), self.name, f"{e} ({leaf.desc}, {Path(self.file).name or self.name})")
+        return RuleEvalError(self._rule_using(i), self.name, f"{leaf.desc}: {e!r}")
 
     def _rule_using(self, leaf: int) -> str:
+        key = self.leaves[leaf].key
+        if key[0] == "rule":  # the Python-computed condition of a rule too big for the engine
+            return self.rules[key[2]].name
         def uses(node: tuple) -> bool:
             if node[0] == "leaf":
                 return node[1] == leaf
@@ -1477,7 +1502,11 @@ class RuleSet:
         view = _View(facts)
         fired: list[int] = []
         for r in st.rules:
-            if _eval_tree(r.cond, view, st.leaves):
+            try:
+                hit = _eval_tree(r.cond, view, st.leaves)
+            except regexes.BudgetExceeded as e:
+                raise RuleEvalError(r.name, stage, f"{e} ({Path(st.file).name or stage})") from e
+            if hit:
                 fired.append(r.index)
                 if r.stop:
                     break

@@ -16,8 +16,11 @@ one ``SendResult`` per mail, in order. It never raises for network or server tro
   those addresses later). When every recipient is refused the mail is ``perm`` if all refusals were
   5xx, else ``temp``.
 * a malformed recipient (not a plain ``local@domain``) is not sent to and is listed in ``refused``
-  as ``501 invalid address``; no valid recipient, a malformed sender, or a non-ASCII address to a
-  server without SMTPUTF8 -> ``perm``.
+  as ``501 invalid address``; no valid recipient or a malformed sender -> ``perm``.
+* internationalised addresses (RFC 6531): a Unicode domain goes on the envelope punycoded, so an
+  ASCII local part never needs the extension; a UTF-8 local part (or UTF-8 headers, RFC 6532) is
+  sent with ``SMTPUTF8`` on MAIL FROM when the server offers it, and is ``perm`` ("cannot be
+  answered: the server does not offer SMTPUTF8") when it does not: retrying would not help.
 
 Logs one line per event (connect, per-mail result, reconnect, close), with addresses masked and
 never a password, token or body.
@@ -45,6 +48,7 @@ from aiosmtplib import (
 )
 
 from mailflow.config import SmtpConfig
+from mailflow.idn import envelope_address
 from mailflow.privacy import mask_addresses as mask
 
 log = logging.getLogger("mailflow.send")
@@ -243,25 +247,36 @@ class SmtpSender:
         smtp = self._smtp
         assert smtp is not None
         opts: list[str] = []
-        if not mail.sender.isascii() or not all(r.isascii() for r in mail.recipients):
-            opts.append("SMTPUTF8")
         invalid = {r: "501 invalid address (not sent)" for r in mail.recipients if not _envelope_ok(r)}
-        rcpts = [r for r in mail.recipients if r not in invalid]
+        wire = {envelope_address(r): r for r in mail.recipients if r not in invalid}  # envelope form -> ours
+        rcpts = list(wire)
+        sender = envelope_address(mail.sender) if mail.sender else mail.sender
         if mail.sender and not _envelope_ok(mail.sender):
             return SendResult(mail.key, "perm", f"invalid sender address {mask(mail.sender)!r}")
         if not rcpts:
             return SendResult(mail.key, "perm", "no valid recipients", invalid)
+        utf8 = [a for a in (sender, *rcpts) if not a.isascii()]
+        head = mail.data.split(b"\r\n\r\n", 1)[0]
         try:
-            if not mail.data.isascii():  # build_mail output is 7-bit; other callers' may not be
+            if utf8 or not mail.data.isascii():  # build_mail output is 7-bit unless an address is UTF-8
                 if smtp.is_ehlo_or_helo_needed:
                     await smtp.ehlo()
+                if utf8 or not head.isascii():
+                    if not smtp.supports_extension("smtputf8"):
+                        who = ", ".join(mask(wire.get(a, a)) for a in utf8) or "a UTF-8 header"
+                        return SendResult(mail.key, "perm",
+                                          f"cannot be answered: {who} is an internationalised address "
+                                          f"(RFC 6531) and the SMTP server does not offer SMTPUTF8", invalid)
+                    opts.append("SMTPUTF8")
                 if smtp.supports_extension("8bitmime"):
                     opts.append("BODY=8BITMIME")
-            errors, message = await smtp.sendmail(mail.sender, rcpts, mail.data, mail_options=opts)
+            errors, message = await smtp.sendmail(sender, rcpts, mail.data, mail_options=opts)
         except SMTPRecipientsRefused as e:
             refused = dict(invalid)
-            refused.update({r.recipient: _resp(r.code, r.message) for r in e.recipients if r.code // 100 == 5})
-            deferred = {r.recipient: _resp(r.code, r.message) for r in e.recipients if r.code // 100 != 5}
+            refused.update({wire.get(r.recipient, r.recipient): _resp(r.code, r.message)
+                            for r in e.recipients if r.code // 100 == 5})
+            deferred = {wire.get(r.recipient, r.recipient): _resp(r.code, r.message)
+                        for r in e.recipients if r.code // 100 != 5}
             if any(r.code == 421 for r in e.recipients):
                 raise _Dropped(_resp(421, e.recipients[0].message)) from None
             status = "temp" if deferred else "perm"
@@ -281,6 +296,6 @@ class SmtpSender:
         except SMTPException as e:
             return SendResult(mail.key, "temp", f"{type(e).__name__}: {e}")
         refused = dict(invalid)
-        refused.update({r: _resp(x.code, x.message) for r, x in errors.items() if x.code // 100 == 5})
-        deferred = {r: _resp(x.code, x.message) for r, x in errors.items() if x.code // 100 != 5}
+        refused.update({wire.get(r, r): _resp(x.code, x.message) for r, x in errors.items() if x.code // 100 == 5})
+        deferred = {wire.get(r, r): _resp(x.code, x.message) for r, x in errors.items() if x.code // 100 != 5}
         return SendResult(mail.key, "sent", " ".join(message.split()), refused, deferred)

@@ -12,6 +12,7 @@ Knobs (may be changed while it runs):
                  a crash or a network cut in mid-transaction would
     users        {user: secret} -> offer AUTH PLAIN/LOGIN (secret = password) and XOAUTH2
                  (secret = bearer token) without TLS; sink.logins records (mechanism, user)
+    smtputf8     (constructor, default True) offer SMTPUTF8 (RFC 6531); False: a server without it
 
 ``stop()`` closes every client connection (as a crashed server would) and ``start()`` again binds
 the same port, so outage tests can take the server away and bring it back.
@@ -105,7 +106,8 @@ class _Controller(Controller):
 
 class SmtpSink:
     def __init__(self, port: int = 0, *, users: dict[str, str] | None = None,
-                 tls_context: ssl.SSLContext | None = None, starttls_context: ssl.SSLContext | None = None):
+                 tls_context: ssl.SSLContext | None = None, starttls_context: ssl.SSLContext | None = None,
+                 smtputf8: bool = True):
         self.host = "127.0.0.1"
         self.port = port
         self.messages: list[tuple[str, list[str], bytes]] = []
@@ -113,6 +115,7 @@ class SmtpSink:
         self.refuse_rcpt: dict[str, int] = {}
         self.drop_data = 0
         self.users = users
+        self.smtputf8 = smtputf8
         self.logins: list[tuple[str, str]] = []
         self._tls_context = tls_context  # implicit TLS on connect
         self._starttls_context = starttls_context  # STARTTLS offered
@@ -167,7 +170,7 @@ class SmtpSink:
             "port": self.port,
             "server_hostname": "sink.test",  # avoids a getfqdn() DNS lookup
             "ready_timeout": 10.0,
-            "enable_SMTPUTF8": True,
+            "enable_SMTPUTF8": self.smtputf8,
         }
         if self.users is not None:
             kw["authenticator"] = self._authenticator

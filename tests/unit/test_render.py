@@ -168,10 +168,16 @@ def test_fallback_to_other_locale(tpl_copy):
 
 
 def test_sandbox_blocks_unsafe_access(tpl_copy):
+    # load refuses it (its sample render fails, as in check) ...
     (tpl_copy / "en" / "progress.txt.j2").write_text("{{ ticket.__class__.__mro__ }}\n", encoding="utf-8")
+    with pytest.raises(TemplateError, match="unsafe"):
+        Templates.load(tpl_copy)
+    # ... and where only real data reaches the unsafe branch, the render fails there
+    (tpl_copy / "en" / "progress.txt.j2").write_text(
+        "{% if message.text == 'x' %}{{ ticket.__class__.__mro__ }}{% endif %}\n", encoding="utf-8")
     t = Templates.load(tpl_copy)
     with pytest.raises(TemplateError):
-        t.render("en", "progress", {**sample_context("en"), "ticket": _Obj()})
+        t.render("en", "progress", {**sample_context("en"), "ticket": _Obj(), "message": {"text": "x"}})
 
 
 class _Obj:

@@ -1,0 +1,124 @@
+"""Templates cannot stop the daemon: what `check` refuses never loads, and a render that loops, grows or
+runs too long fails with the template and the budget named (issue 15, cases 2 and 3)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tracemalloc
+
+import pytest
+
+from mailflow import resources, sandbox
+from mailflow.render import (
+    CONTEXT_TEXT_MAX,
+    TemplateError,
+    Templates,
+    cap_context,
+    check_templates,
+    sample_context,
+)
+
+
+@pytest.fixture
+def tpl(tmp_path):
+    d = tmp_path / "templates"
+    shutil.copytree(resources.bundled_templates(), d)
+    return d
+
+
+def _append(path, text):
+    path.write_text(path.read_text(encoding="utf-8") + text, encoding="utf-8")
+
+
+BAD = {
+    "undefined": ("{{ tickt.id }}\n", r"en/ack\.txt\.j2:\d+: undefined: 'tickt' is undefined"),
+    "nested range": ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}\n",
+                     r"en/ack\.txt\.j2:\d+: render budget exceeded: more than 100,000 loop iterations"),
+    "loop over a string": ("{% for a in 'x' * 1000 %}{% for b in 'y' * 1000 %}{% endfor %}{% endfor %}\n",
+                           r"en/ack\.txt\.j2:\d+: render budget exceeded: more than 100,000"),
+    "huge string": ('{{ "x" * 30000000 }}\n', r"en/ack\.txt\.j2:\d+: render budget exceeded: '\*' would be over 256 KB"),
+    "huge padding": ('{{ "x"|center(999999999) }}\n', r"render budget exceeded: filter center: argument 999,999,999 too large"),
+    "huge method": ('{{ "x".ljust(99999999) }}\n', r"render budget exceeded: call of ljust: argument 99,999,999 too large"),
+    "huge format": ('{{ "%099999999d" % 1 }}\n', r"render budget exceeded: '%': format width"),
+    "replace growth": ("{{ ('x' * 1000)|replace('x', 'y' * 1000) }}\n", r"render budget exceeded: filter replace would be over"),
+    "power": ("{{ 9 ** 99999999 }}\n", r"render budget exceeded: '\*\*': exponent"),
+    "output": ("{% for i in range(90000) %}xxxxxxxxxx{% endfor %}\n", r"render budget exceeded: output over 256 KB"),
+    "recursion": ("{% macro m(n) %}{{ m(n) }}{% endmacro %}{{ m(1) }}\n", r"render budget exceeded: (recursion too deep|more than)"),
+    "exponential macro": ("{% macro m(n) %}{% if n %}{{ m(n - 1) }}{{ m(n - 1) }}{% endif %}{% endmacro %}{{ m(40) }}\n",
+                          r"render budget exceeded: more than 100,000 loop iterations and calls"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_check_and_load_refuse_the_same_template(tpl, case):
+    text, reason = BAD[case]
+    _append(tpl / "en" / "ack.txt.j2", text)
+    problems = check_templates(tpl)
+    assert len(problems) == 1 and re.search(reason, problems[0]), problems
+    with pytest.raises(TemplateError) as ei:
+        Templates.load(tpl)
+    assert ei.value.problems == problems  # start and reload refuse exactly what check refuses
+
+
+def test_a_huge_template_value_is_refused_before_it_is_built(tpl):
+    _append(tpl / "en" / "ack.txt.j2", '{{ "x" * 30000000 }}\n')
+    tracemalloc.start()
+    try:
+        check_templates(tpl)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20_000_000, peak  # the 30 MB string was never made
+
+
+def test_runtime_data_past_the_budget_fails_that_render_only(tpl):
+    # passes check (the sample has two tags) but loops over the tags squared at run time
+    _append(tpl / "en" / "ack.txt.j2", "{% for a in ticket.tags %}{% for b in ticket.tags %}{% endfor %}{% endfor %}\n")
+    t = Templates.load(tpl)
+    ctx = sample_context("en")
+    ctx["ticket"]["tags"] = [f"t{i}" for i in range(1000)]
+    with pytest.raises(TemplateError) as ei:
+        t.render("en", "ack", ctx)
+    (p,) = ei.value.problems
+    assert p.startswith(f"{tpl / 'en' / 'ack.txt.j2'}:") and "render budget exceeded: more than 100,000" in p, p
+    # the next render starts with a fresh budget
+    assert t.render("en", "ack", sample_context("en")).subject.startswith("[CW202611220001]")
+
+
+def test_the_budget_is_per_mail_not_per_part(tpl):
+    loop = "{% for i in range(60000) %}{% endfor %}\n"
+    _append(tpl / "en" / "ack.txt.j2", loop)
+    assert check_templates(tpl) == []
+    _append(tpl / "en" / "ack.html.j2", loop)  # 2 x 60,000 steps in one mail
+    assert any("more than 100,000" in p for p in check_templates(tpl))
+
+
+def test_long_customer_text_is_cut_in_the_context_not_refused(tpl):
+    t = Templates.load(tpl)
+    ctx = sample_context("en")
+    ctx["message"]["text"] = "pasted log line\n" * 40_000  # 640 KB: over the output budget if quoted whole
+    r = t.render("en", "staff_notify", ctx)
+    assert "pasted log line" in r.text and "[…]" in r.text
+    assert len(r.text) < sandbox.MAX_OUTPUT
+    assert cap_context({"a": ["x" * (CONTEXT_TEXT_MAX + 5)]})["a"][0].endswith(" […]")
+    assert cap_context({"a": ("ok", 1)}) == {"a": ("ok", 1)}
+
+
+def test_the_bundled_templates_stay_within_every_budget():
+    assert check_templates(resources.bundled_templates()) == []
+    t = Templates.load(resources.bundled_templates())
+    for loc in ("zh", "en"):
+        for name in t.names():
+            t.render(loc, name, sample_context(loc))
+
+
+def test_budget_object_counts_steps_and_time():
+    b = sandbox.Budget(seconds=60, steps=3)
+    b.step()
+    b.step(2)
+    with pytest.raises(sandbox.BudgetError, match="loop iterations"):
+        b.step()
+    late = sandbox.Budget(seconds=-1)
+    with pytest.raises(sandbox.BudgetError, match="took longer than"):
+        late.tick()
