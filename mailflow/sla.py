@@ -316,14 +316,12 @@ class Calendar:
 
     # -- arithmetic ------------------------------------------------------------------------------
     def _local_date(self, t: datetime) -> date:
-        if t.tzinfo is None or t.utcoffset() is None:
-            raise CalendarError(f"naive datetime {t.isoformat()}: give an aware one")
         return t.astimezone(self._tz).date()
 
     def next_working_instant(self, t: datetime) -> datetime:
         """``t`` (in UTC) if it lies in a working span, else the start of the next span."""
+        t = _utc(t)
         d = self._local_date(t)
-        t = t.astimezone(UTC)
         for i in range(SEARCH_DAYS):
             for s, e in self._day(d + timedelta(days=i)):
                 if e > t:
@@ -341,12 +339,12 @@ class Calendar:
         if seconds < 0 or math.isnan(seconds):
             raise CalendarError(f"cannot add {seconds!r} seconds")
         if seconds == 0:
-            return start.astimezone(UTC)
-        return self._add_td(start, _td(seconds))
+            return _utc(start)
+        return self._add_td(_utc(start), _td(seconds))
 
-    def _add_td(self, start: datetime, left: timedelta) -> datetime:
-        d = self._local_date(start)
-        t = start.astimezone(UTC)
+    def _add_td(self, t: datetime, left: timedelta) -> datetime:
+        """``add`` for a UTC ``t`` and an exact timedelta."""
+        d = self._local_date(t)
         for i in range(SEARCH_DAYS):
             for s, e in self._day(d + timedelta(days=i)):
                 if e <= t:
@@ -360,13 +358,13 @@ class Calendar:
 
     def between(self, a: datetime, b: datetime) -> float:
         """Business seconds in [a, b); 0 if b <= a."""
-        return self._between_td(a, b).total_seconds()
+        return self._between_td(_utc(a), _utc(b)).total_seconds()
 
     def _between_td(self, a: datetime, b: datetime) -> timedelta:
+        """``between`` for UTC instants, exact."""
         if b <= a:
             return _ZERO
         d, last = self._local_date(a), self._local_date(b)
-        a, b = a.astimezone(UTC), b.astimezone(UTC)
         total = _ZERO
         while d <= last:
             for s, e in self._day(d):
@@ -386,6 +384,14 @@ class Calendar:
 
 def _td(seconds: float) -> timedelta:
     return timedelta(microseconds=round(seconds * 1_000_000))
+
+
+def _utc(t: datetime) -> datetime:
+    """Aware -> UTC. Everything is compared in UTC: two datetimes sharing a ZoneInfo compare by wall
+    time and ignore ``fold`` (PEP 495), which is wrong inside a repeated hour."""
+    if t.tzinfo is None or t.utcoffset() is None:
+        raise CalendarError(f"naive datetime {t.isoformat()}: give an aware one")
+    return t.astimezone(UTC)
 
 
 def make_24x7(timezone: str = "UTC", name: str = "24x7") -> Calendar:
@@ -741,7 +747,7 @@ def parse_sla(sla_table: dict | None, calendars: Mapping[str, Calendar], mailbox
                 continue
             clock = _CLOCK_KEYS.get(k)
             if clock is None:
-                err(f"{prefix}{k}", f"unknown key (known: {', '.join(sorted(_CLOCK_KEYS | allowed_extra))})")
+                err(f"{prefix}{k}", f"unknown key (known: {', '.join(sorted(set(_CLOCK_KEYS) | allowed_extra))})")
                 continue
             if not isinstance(v, dict):
                 err(f"{prefix}{k}", 'must be a table of priority = duration, like { high = "4h" }')
@@ -843,7 +849,7 @@ def explain_add(calendar: Calendar, start: datetime, seconds: float) -> list[str
         lines.append(f"due {ls:%Y-%m-%d %H:%M} ({cal.timezone}), {ls:%a}")
         return lines
     left = _td(seconds)
-    t = start.astimezone(UTC)
+    t = _utc(start)
     d = ls.date()
     off: list[DayInfo] = []
 
@@ -964,6 +970,7 @@ class Clock:
 
     def at(self, now: datetime) -> Clock:
         """The same clock advanced to ``now`` (no events in between): only counting clocks change."""
+        now = _utc(now)
         if not self.running or now <= self.as_of:
             return self
         if self.calendar is None:
@@ -1132,7 +1139,8 @@ def compute_clocks(events: list[ClockEvent], now: datetime, default_calendar: Ca
     for ev in events:
         if ev.kind not in EVENT_KINDS:
             raise ValueError(f"unknown clock event kind {ev.kind!r} (one of {', '.join(EVENT_KINDS)})")
-    evs = sorted((e for e in events if e.at <= now), key=lambda e: e.at)
+    now = _utc(now)
+    evs = sorted(((_utc(e.at), e) for e in events), key=lambda p: p[0])
     fr, nr, rs = _ClockState("first_response"), _ClockState("next_response"), _ClockState("resolution")
     clocks = (fr, nr, rs)
     cal = default_calendar
@@ -1140,8 +1148,10 @@ def compute_clocks(events: list[ClockEvent], now: datetime, default_calendar: Ca
     status = "open"  # open | resolved | closed
     pending = False
     ignored_mail_at: datetime | None = None
-    for ev in evs:
-        t, k = ev.at, ev.kind
+    for t, ev in evs:
+        if t > now:
+            break
+        k = ev.kind
         if k == "created":
             if created:
                 continue
@@ -1202,6 +1212,7 @@ def next_wakeup(clocks: Mapping[str, Clock] | Iterable[Clock], now: datetime,
     """The earliest instant after ``now`` at which a counting clock's elapsed/target reaches one of
     ``thresholds`` (80% reminder, breach at due, twice the target); None if no clock will."""
     items = clocks.values() if isinstance(clocks, Mapping) else clocks
+    now = _utc(now)
     best: datetime | None = None
     ths = sorted(set(thresholds))
     for c in items:
@@ -1227,6 +1238,7 @@ def timer_facts(clocks: Mapping[str, Clock], now: datetime) -> dict[str, object]
     about remaining time should also test ``sla.<clock>.running``.
     """
     out: dict[str, object] = {}
+    now = _utc(now)
     for name in CLOCKS:
         c = clocks.get(name)
         if c is None:
