@@ -50,7 +50,7 @@ import functools
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -971,8 +971,10 @@ class Clock:
     def at(self, now: datetime) -> Clock:
         """The same clock advanced to ``now`` (no events in between): only counting clocks change."""
         now = _utc(now)
-        if not self.running or now <= self.as_of:
+        if now <= self.as_of:
             return self
+        if not self.running:
+            return replace(self, as_of=now)
         if self.calendar is None:
             raise CalendarError(f"clock {self.name}: no calendar to advance it (from_json needs calendars)")
         elapsed = self.elapsed_seconds + self.calendar.between(self.as_of, now)
