@@ -270,7 +270,10 @@ class Calendar:
         hit = self._cache.get(key)
         if hit is None:
             if len(self._cache) > 20000:  # ~55 years of dates: a long-running daemon stays bounded
+                cum = self._cache.get("cum")
                 self._cache.clear()
+                if cum is not None:
+                    self._cache["cum"] = cum
             hit = self._cache[key] = self._build_day(d)
         return hit
 
@@ -361,18 +364,39 @@ class Calendar:
         return self._between_td(_utc(a), _utc(b)).total_seconds()
 
     def _between_td(self, a: datetime, b: datetime) -> timedelta:
-        """``between`` for UTC instants, exact."""
+        """``between`` for UTC instants, exact: whole days from the prefix sums, the two ends by hand.
+
+        Spans of a local date lie within that date, so [a, b) = the days da..db-1 in full, less the
+        part of da before a, plus the part of db before b.
+        """
         if b <= a:
             return _ZERO
-        d, last = self._local_date(a), self._local_date(b)
+        da, db = self._local_date(a), self._local_date(b)
+        if da == db:
+            return self._before(db, b) - self._before(da, a)
+        return self._cum(db) - self._cum(da) + self._before(db, b) - self._before(da, a)
+
+    def _before(self, d: date, t: datetime) -> timedelta:
+        """Business time of date d's spans before instant t."""
         total = _ZERO
-        while d <= last:
-            for s, e in self._day(d):
-                lo, hi = max(s, a), min(e, b)
-                if hi > lo:
-                    total += hi - lo
-            d += _DAY
+        for s, e in self._day(d):
+            if s >= t:
+                break
+            total += (e if e < t else t) - s
         return total
+
+    def _cum(self, d: date) -> timedelta:
+        """Business time from the index origin to the start of local date d (lazily extended)."""
+        o = d.toordinal()
+        idx = self._cache.get("cum")
+        if idx is None or o < idx[0] or o - idx[0] > 40000:
+            origin = o - 90  # room for older tickets; an even older date rebuilds from there
+            idx = self._cache["cum"] = (origin, [_ZERO])
+        origin, vals = idx
+        while origin + len(vals) - 1 < o:
+            day = date.fromordinal(origin + len(vals) - 1)
+            vals.append(vals[-1] + sum((e - s for s, e in self._day(day)), _ZERO))
+        return vals[o - origin]
 
     def local(self, t: datetime) -> datetime:
         return t.astimezone(self._tz)
