@@ -1295,27 +1295,31 @@ def _dt(s: str | None) -> datetime | None:
 
 
 def to_json(clock: Clock) -> dict:
-    """A clock as a JSON-able dict: datetimes as ISO 8601 UTC with offset, durations in seconds."""
-    return {
+    """A clock as a compact JSON-able dict: datetimes as ISO 8601 in UTC with offset, business time
+    in seconds (floats). Keys whose value is None, False or empty are left out, and
+    ``remaining_seconds`` (target - elapsed) is not stored: ``from_json`` restores them."""
+    d = {
         "name": clock.name, "cycle": clock.cycle, "state": clock.state,
         "started_at": _iso(clock.started_at), "due": _iso(clock.due),
         "target_seconds": clock.target_seconds, "elapsed_seconds": clock.elapsed_seconds,
-        "remaining_seconds": clock.remaining_seconds,
         "paused_spans": [[_iso(a), _iso(b)] for a, b in clock.paused_spans],
         "stopped_at": _iso(clock.stopped_at), "stopped_by": clock.stopped_by,
         "breached": clock.breached, "breached_at": _iso(clock.breached_at),
         "as_of": _iso(clock.as_of), "calendar": clock.calendar.name if clock.calendar else None,
     }
+    return {k: v for k, v in d.items() if v is not None and v is not False and v != []}
 
 
 def from_json(d: Mapping, calendars: Mapping[str, Calendar] | None = None) -> Clock:
     """Inverse of ``to_json``; ``calendars`` resolves the calendar name (needed to advance a
     running clock with ``Clock.at``; an unknown name leaves ``calendar`` None)."""
     cal = (calendars or {}).get(d.get("calendar") or "")
+    target = d.get("target_seconds")
+    elapsed = float(d.get("elapsed_seconds") or 0.0)
     return Clock(
-        name=d["name"], cycle=int(d["cycle"]), state=d["state"], started_at=_dt(d.get("started_at")),
-        due=_dt(d.get("due")), target_seconds=d.get("target_seconds"),
-        elapsed_seconds=float(d.get("elapsed_seconds") or 0.0), remaining_seconds=d.get("remaining_seconds"),
+        name=d["name"], cycle=int(d.get("cycle") or 0), state=d["state"], started_at=_dt(d.get("started_at")),
+        due=_dt(d.get("due")), target_seconds=target, elapsed_seconds=elapsed,
+        remaining_seconds=None if target is None else target - elapsed,
         paused_spans=tuple((_dt(a), _dt(b)) for a, b in d.get("paused_spans") or ()),
         stopped_at=_dt(d.get("stopped_at")), stopped_by=d.get("stopped_by"), breached=bool(d.get("breached")),
         breached_at=_dt(d.get("breached_at")), as_of=_dt(d["as_of"]), calendar=cal,
