@@ -374,7 +374,7 @@ class Calendar:
         da, db = self._local_date(a), self._local_date(b)
         if da == db:
             return self._before(db, b) - self._before(da, a)
-        return self._cum(db) - self._cum(da) + self._before(db, b) - self._before(da, a)
+        return self._days_between(da, db) + self._before(db, b) - self._before(da, a)
 
     def _before(self, d: date, t: datetime) -> timedelta:
         """Business time of date d's spans before instant t."""
@@ -385,18 +385,28 @@ class Calendar:
             total += (e if e < t else t) - s
         return total
 
-    def _cum(self, d: date) -> timedelta:
-        """Business time from the index origin to the start of local date d (lazily extended)."""
-        o = d.toordinal()
+    def _days_between(self, da: date, db: date) -> timedelta:
+        """Business time of the whole local dates da..db-1, from one prefix-sum index.
+
+        The index (origin ordinal, cumulative business time at the start of each date) is built
+        lazily and replaced, never changed in place, so threads sharing a calendar (pipeline and
+        scheduler) only ever see a consistent one; both ends are read from the same index.
+        """
+        oa, ob = da.toordinal(), db.toordinal()
         idx = self._cache.get("cum")
-        if idx is None or o < idx[0] or o - idx[0] > 40000:
-            origin = o - 90  # room for older tickets; an even older date rebuilds from there
-            idx = self._cache["cum"] = (origin, [_ZERO])
+        if idx is None or oa < idx[0] or ob - idx[0] > 40000:
+            idx = (oa - 90, (_ZERO,))  # room for older tickets; an even older date starts a new index
         origin, vals = idx
-        while origin + len(vals) - 1 < o:
-            day = date.fromordinal(origin + len(vals) - 1)
-            vals.append(vals[-1] + sum((e - s for s, e in self._day(day)), _ZERO))
-        return vals[o - origin]
+        if ob - origin >= len(vals):
+            grown = list(vals)
+            while origin + len(grown) - 1 < ob:
+                day = date.fromordinal(origin + len(grown) - 1)
+                grown.append(grown[-1] + sum((e - s for s, e in self._day(day)), _ZERO))
+            vals = tuple(grown)
+            idx = (origin, vals)
+        if self._cache.get("cum") is not idx:
+            self._cache["cum"] = idx
+        return vals[ob - origin] - vals[oa - origin]
 
     def local(self, t: datetime) -> datetime:
         return t.astimezone(self._tz)
@@ -1120,9 +1130,11 @@ class _ClockState:
                 if not self.active:
                     if crossing is not None and (breached or crossing == end):
                         due = crossing
-                    elif self.stopped_at is not None and self.done:
-                        due = self.done[-1][2]._add_td(self.stopped_at, tgt - elapsed) if tgt > elapsed \
-                            else self.stopped_at
+                    else:  # met: the due it had when it last counted
+                        base = end or self.started_at
+                        base_cal = self.done[-1][2] if self.done else cal
+                        if base is not None:
+                            due = base_cal._add_td(base, tgt - elapsed)
             breached_at = crossing if breached else None
         if self.active:
             counting = self.open_start is not None

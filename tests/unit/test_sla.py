@@ -167,6 +167,26 @@ def test_between_across_national_day_and_weekends():
     assert PLAIN.between(sh(2026, 9, 8), sh(2026, 9, 7)) == 0  # b before a
 
 
+def walk_between(cal: Calendar, a: datetime, b: datetime) -> float:
+    """The slow oracle: overlap of [a, b) with every span, day by day."""
+    total, d = 0.0, a.astimezone(cal.tz).date() - timedelta(days=1)
+    while d <= b.astimezone(cal.tz).date():
+        for s, e in cal.spans(d):
+            total += max(0.0, (min(e, b) - max(s, a)).total_seconds())
+        d += timedelta(days=1)
+    return total
+
+
+def test_between_is_right_whatever_was_asked_before():
+    cal = make_calendar(hours=["09:00-12:00", "13:30-18:00"])  # a fresh calendar: empty caches
+    ranges = [(sh(2027, 6, 7, 10), sh(2027, 6, 9, 15)),  # the index starts here
+              (sh(2026, 1, 5, 11), sh(2026, 10, 9, 16)),  # older than its origin: a new index
+              (sh(2025, 12, 30, 9), sh(2027, 6, 8, 9)),  # across both
+              (sh(2026, 10, 8, 10), sh(2026, 10, 8, 17))]  # within one day
+    for a, b in ranges:
+        assert cal.between(a, b) == walk_between(cal, a, b), (a, b)
+
+
 def test_add_zero_and_errors():
     t = sh(2026, 9, 5, 23)  # a Saturday night
     assert PLAIN.add(t, 0) == t

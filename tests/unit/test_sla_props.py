@@ -87,6 +87,18 @@ def test_spans_are_ordered_disjoint_and_inside_their_day(cal, t):
             prev_end = e
 
 
+@SETTINGS
+@given(calendars, instants, st.integers(0, 200 * 86400))
+def test_between_matches_a_walk_over_spans(cal, a, d):
+    b = a + timedelta(seconds=d)
+    total, day = 0.0, a.astimezone(cal.tz).date() - timedelta(days=1)
+    while day <= b.astimezone(cal.tz).date():
+        for s, e in cal.spans(day):
+            total += max(0.0, (min(e, b) - max(s, a)).total_seconds())
+        day += timedelta(days=1)
+    assert cal.between(a, b) == total
+
+
 kinds = st.sampled_from(["staff_public", "customer_mail", "pending_on", "pending_off", "resolved", "reopened",
                          "closed", "targets"])
 
