@@ -59,7 +59,7 @@ import holidays as _holidays
 __all__ = [
     "CLOCKS", "PRIORITIES", "TIERS", "SEARCH_DAYS", "DEFAULT_SLA", "CalendarError", "Calendar", "DayInfo",
     "make_calendar", "make_24x7", "parse_duration", "parse_calendars", "Duration", "SlaPolicy", "parse_sla",
-    "missing_makeup_years", "ClockEvent", "Clock", "compute_clocks", "next_wakeup", "timer_facts",
+    "missing_makeup_years", "makeup_warnings", "ClockEvent", "Clock", "compute_clocks", "next_wakeup", "timer_facts",
     "to_json", "from_json", "explain_add", "fmt_duration",
 ]
 
@@ -656,6 +656,20 @@ def missing_makeup_years(calendar: Calendar, today: date, horizon_days: int = 60
             continue
         if _moves_days(calendar.country, y - 1):
             out.append(y)
+    return out
+
+
+def makeup_warnings(calendars: Mapping[str, Calendar], today: date, fname: str,
+                    horizon_days: int = 60) -> list[str]:
+    """``check``'s warnings (exit status unchanged) for ``missing_makeup_years``, one per calendar
+    and year, in the ``file: key: reason`` form."""
+    out = []
+    for name, cal in calendars.items():
+        key = "calendar" if name == "default" else f"calendars.{name}"
+        for y in missing_makeup_years(cal, today, horizon_days):
+            out.append(f"{fname}: {key}.country: the holidays package has no {cal.country} make-up workdays "
+                       f"for {y} yet: weekend days that become working days will count as days off; "
+                       f"list them in {key}.extra_workdays once the plan is published (or upgrade holidays)")
     return out
 
 

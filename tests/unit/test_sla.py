@@ -7,6 +7,7 @@ fails loudly instead of silently moving due times.
 
 from __future__ import annotations
 
+import tomllib
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -20,6 +21,7 @@ from mailflow.sla import (
     explain_add,
     make_24x7,
     make_calendar,
+    makeup_warnings,
     missing_makeup_years,
     parse_calendars,
     parse_duration,
@@ -446,3 +448,56 @@ def test_parse_sla_problems(table, mailboxes, problem):
 def test_parse_sla_string_durations_do_not_raise_the_numbers_flag():
     policy, _ = parse_sla({"first_response_hours": {"high": "4h"}}, CALS, {}, "m.toml")
     assert not policy.plain_numbers
+
+
+ISSUE_TOML = """
+[tickets]
+timezone = "Asia/Shanghai"
+
+[calendar]
+timezone = "Asia/Shanghai"
+country = "CN"
+workdays = ["mon", "tue", "wed", "thu", "fri"]
+hours = ["09:00-12:00", "13:30-18:00"]
+extra_holidays = ["2026-12-31"]
+extra_workdays = []
+[calendar.hours_by_day]
+sat = ["09:00-12:00"]
+
+[calendars.hk]
+timezone = "Asia/Hong_Kong"
+country = "HK"
+extra_holidays = [2026-12-24]
+
+[sla]
+first_response_hours = { urgent = 1, high = 4, normal = "1d", low = "2d" }
+next_response_hours = { urgent = 4, high = "1d", normal = "1d", low = "5d" }
+resolution_hours = { urgent = 4, high = "1d", normal = "3d", low = "10d" }
+calendar = { urgent = "24x7" }
+[sla.vip]
+first_response_hours = { high = 2 }
+[sla.category.complaint]
+resolution_hours = { high = "2d" }
+"""
+
+
+def test_the_issue_config_shape_parses_from_toml():
+    doc = tomllib.loads(ISSUE_TOML)
+    cals, problems = parse_calendars(doc.get("calendar"), doc.get("calendars"), doc["tickets"]["timezone"], "m.toml")
+    assert problems == []
+    policy, problems = parse_sla(doc.get("sla"), cals, {"hk-queue": "hk"}, "m.toml")
+    assert problems == [] and policy.plain_numbers
+    assert cals["hk"].extra_holidays == {date(2026, 12, 24)}  # a bare TOML date
+    assert not cals["default"].is_working_day(date(2026, 12, 31))
+    assert cals["default"].spans(date(2026, 9, 19)) == [(sh(2026, 9, 19, 9), sh(2026, 9, 19, 12))]
+    assert policy.targets("high", "vip", "complaint") == {"first_response": 2 * H, "next_response": 7.5 * H,
+                                                          "resolution": 15 * H}
+    assert policy.calendar_for("urgent", "hk-queue").name == "24x7"
+    assert policy.targets("normal", mailbox="hk-queue")["resolution"] == 27 * H  # 3 x hk's 9h day
+    warnings = makeup_warnings(cals, date(2026, 11, 20), "m.toml")
+    if not missing_makeup_years(cals["default"], date(2026, 11, 20)):
+        assert warnings == []  # the package has the 2027 plan by now
+    else:
+        assert warnings[0].startswith("m.toml: calendar.country: the holidays package has no CN make-up "
+                                      "workdays for 2027 yet")
+        assert all("calendars.hk" not in w for w in warnings)  # Hong Kong does not move days
