@@ -32,16 +32,21 @@ Calendar
     working through it do). ``24:00`` is the next day's midnight, so ``00:00-24:00`` days abut and
     the built-in ``24x7`` calendar's business time equals wall-clock time in any zone.
 
-Business time arithmetic (``add``, ``between``) walks per local date, never per minute, and gives
-up with ``CalendarError`` after ``SEARCH_DAYS`` (10 years) without working time. Internally all
-arithmetic is on ``timedelta`` (exact microseconds), so ``between(t, add(t, n)) == n`` exactly.
+Business time arithmetic: ``add`` walks per local date (never per minute) and gives up with
+``CalendarError`` after ``SEARCH_DAYS`` (10 years) without working time; ``between`` takes whole days
+from a lazily built per-calendar prefix sum, so a ticket open for a year costs no more than one open
+for a day. Each date's spans and each (country, year)'s holidays are computed once and cached. All
+arithmetic is on ``timedelta`` (exact microseconds), so ``between(t, add(t, n)) == n`` to the
+microsecond, and every instant is compared in UTC.
 
 Durations: a number is business hours; ``"30m"``, ``"4h"``, ``"1.5h"``, ``"3d"``, ``"1d4h"``; ``d``
 is N working days of the calendar the clock runs on, each as long as that calendar's ``hours``
 (``day_seconds()``: 9 h for the default 09:00-18:00, 7.5 h for 09:00-12:00 + 13:30-18:00, 24 h for
 ``24x7``).
 
-Clocks: see ``compute_clocks``.
+Clocks: ``compute_clocks`` replays a ticket's ``ClockEvent`` list into three ``Clock`` snapshots
+(rules there, states on ``Clock``); ``next_wakeup`` tells the scheduler when to look again,
+``timer_facts`` gives the escalation rules their facts, ``to_json``/``from_json`` store clocks.
 """
 
 from __future__ import annotations
