@@ -33,19 +33,19 @@ characters (人, 你, 好, ...) say nothing, 发/發, 这/這, 国/國 decide.
 
 from __future__ import annotations
 
-import re
-
 '''
 
 FOOTER = '''
 
-_HANS = re.compile("[" + SIMPLIFIED_ONLY + "]")
-_HANT = re.compile("[" + TRADITIONAL_ONLY + "]")
+_HANS = frozenset(SIMPLIFIED_ONLY)
+_HANT = frozenset(TRADITIONAL_ONLY)
 
 
 def script_counts(text: str) -> tuple[int, int]:
-    """(simplified-only, traditional-only) characters in ``text``."""
-    return len(_HANS.findall(text)), len(_HANT.findall(text))
+    """(simplified-only, traditional-only) distinct characters in ``text``: distinct, so that one
+    name written many times (恒生) does not outvote the rest, and fast (~20 us for 2,000 characters)."""
+    chars = set(text)
+    return len(chars & _HANS), len(chars & _HANT)
 '''
 
 
