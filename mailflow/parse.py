@@ -331,8 +331,8 @@ def detect_language(text: str, charset: str | None = None) -> str:
     """'zh' (simplified) or 'zh-Hant' (traditional) when CJK ideographs are at least ~10% of the
     letters (Chinese packs a word into one char), else 'en'.
 
-    Traditional when more of the characters exist only in traditional form than only in simplified
-    form (發/发, 這/这, 國/国; mailflow.hanzi). Text of shared characters only (你好, 可以) says
+    Traditional when more of its distinct characters exist only in traditional form than only in
+    simplified form (發/发, 這/这, 國/国; mailflow.hanzi). Text of shared characters only (你好, 可以) says
     nothing; then a Big5 ``charset`` of the body (Big5, Big5-HKSCS, cp950 and their aliases), which
     cannot carry simplified text, decides.
     """
