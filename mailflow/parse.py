@@ -349,14 +349,28 @@ _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _ASCII_LETTER = re.compile(r"[A-Za-z]")
 
 
-def detect_language(text: str) -> str:
-    """'zh' when CJK ideographs are at least ~10% of the letters; Chinese packs a word into one char."""
+def detect_language(text: str, charset: str | None = None) -> str:
+    """'zh' (simplified) or 'zh-Hant' (traditional) when CJK ideographs are at least ~10% of the
+    letters (Chinese packs a word into one char), else 'en'.
+
+    Traditional when more of its distinct characters exist only in traditional form than only in
+    simplified form (發/发, 這/这, 國/国; mailflow.hanzi). Text of shared characters only (你好, 可以) says
+    nothing; then a Big5 ``charset`` of the body (Big5, Big5-HKSCS, cp950 and their aliases), which
+    cannot carry simplified text, decides.
+    """
+    from mailflow.hanzi import script_counts
+
     sample = text[:20000]
     cjk = len(_CJK.findall(sample))
     if not cjk:
         return "en"
     latin = len(_ASCII_LETTER.findall(sample))
-    return "zh" if cjk / (cjk + latin) >= 0.10 else "en"
+    if cjk / (cjk + latin) < 0.10:
+        return "en"
+    hans, hant = script_counts(sample)
+    if hans != hant:
+        return "zh-Hant" if hant > hans else "zh"
+    return "zh-Hant" if charset and _codec(charset) in ("cp950", "big5hkscs", "big5") else "zh"
 
 
 _QUOTED_LINE = re.compile(r"^\s*>")

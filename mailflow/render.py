@@ -86,20 +86,29 @@ from mailflow.sandbox import BudgetedEnvironment, BudgetError
 REQUIRED = ("ack", "progress", "resolved", "closed", "reopened", "staff_notify", "staff_update", "escalation",
             "command_error")
 PARTS = ("subject", "txt", "html")
-LOCALES = ("zh", "en")
+# "zh" is simplified Chinese, "zh-Hant" traditional (Taiwan phrasing, templates/zh-Hant/ is made from
+# templates/zh/ by tools/make_zh_hant.py). LOCALES[0] is where check reports a missing template.
+LOCALES = ("zh", "en", "zh-Hant")
+# tried right after the locale itself when it lacks a template: traditional readers read simplified
+# better than English (a templates dir made by an older `mailflow init` has no zh-Hant/)
+FALLBACK = {"zh-Hant": ("zh",)}
 
 PRIORITY_LABELS = {
     "zh": {"urgent": "紧急", "high": "高", "normal": "普通", "low": "低"},
     "en": {"urgent": "Urgent", "high": "High", "normal": "Normal", "low": "Low"},
+    "zh-Hant": {"urgent": "緊急", "high": "高", "normal": "普通", "low": "低"},
 }
 CATEGORY_LABELS = {
     "zh": {"complaint": "投诉", "fault": "故障", "inquiry": "咨询", "suggestion": "建议", "praise": "表扬"},
     "en": {"complaint": "Complaint", "fault": "Fault", "inquiry": "Inquiry", "suggestion": "Suggestion",
            "praise": "Praise"},
+    "zh-Hant": {"complaint": "投訴", "fault": "故障", "inquiry": "諮詢", "suggestion": "建議", "praise": "表揚"},
 }
 STATUS_LABELS = {
     "zh": {"new": "待受理", "open": "处理中", "pending": "等待客户回复", "resolved": "已解决", "closed": "已关闭"},
     "en": {"new": "New", "open": "Open", "pending": "Pending", "resolved": "Resolved", "closed": "Closed"},
+    "zh-Hant": {"new": "待受理", "open": "處理中", "pending": "等待客戶回覆", "resolved": "已解決",
+                "closed": "已關閉"},
 }
 
 
@@ -251,7 +260,9 @@ class Templates:
         return list(self._locales)
 
     def _pick(self, locale: str, name: str) -> str | None:
-        order = [locale] + [x for x in LOCALES if x != locale] + [x for x in self._locales if x != locale]
+        """The locale whose ``name`` template is used: ``locale``, its FALLBACK (zh-Hant -> zh), then
+        LOCALES in order (zh, en), then whatever else the directory has."""
+        order = [locale, *FALLBACK.get(locale, ()), *LOCALES, *self._locales]
         for loc in order:
             if (loc, name, "txt") in self._t and (loc, name, "subject") in self._t:
                 return loc

@@ -84,7 +84,7 @@ def test_sample_03_big5_inquiry() -> None:
     assert m.from_name == "陳美玲"
     assert "發票" in m.subject and "發票" in m.text
     assert "統一編號是 12345678" in m.text
-    assert m.language == "zh"
+    assert m.language == "zh-Hant"  # traditional characters
 
 
 def test_sample_04_reply_threads_to_01() -> None:
@@ -608,7 +608,7 @@ def test_every_corpus_file_parses_or_raises_parse_error() -> None:
             except ParseError:
                 continue
             assert isinstance(m, Message)
-            assert m.language in ("zh", "en")
+            assert m.language in ("zh", "zh-Hant", "en")
             assert not any(d.startswith("internal error") for d in m.defects), (path.name, m.defects)
 
 

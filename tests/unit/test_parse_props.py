@@ -29,7 +29,7 @@ def check(raw: bytes) -> None:
     assert m.message_id and isinstance(m.message_id, str)
     assert m.from_addr and m.from_addr == m.from_addr.lower()
     assert all(a == a.lower() and "@" in a for a in m.to + m.cc)
-    assert m.language in ("zh", "en")
+    assert m.language in ("zh", "zh-Hant", "en")
     assert m.auto_kind in (None, "auto-reply", "bounce", "list")
     assert m.date is None or (isinstance(m.date, datetime) and m.date.tzinfo is not None)
     assert isinstance(m.text, str) and isinstance(m.new_text, str) and isinstance(m.subject, str)

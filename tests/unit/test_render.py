@@ -235,7 +235,7 @@ def test_check_reports_subject_without_ticket_id(tpl_copy):
 
 
 def test_check_reports_missing_required_name(tpl_copy):
-    for loc in ("zh", "en"):
+    for loc in ("zh", "en", "zh-Hant"):
         for part in ("subject", "txt"):
             (tpl_copy / loc / f"escalation.{part}.j2").unlink()
     problems = check_templates(tpl_copy)
