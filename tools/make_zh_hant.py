@@ -37,6 +37,8 @@ STRUCTURE = [
 REVIEW = [
     ("回複", "回覆"),            # 回复本邮件 was cut as 回 + 复本 (copy)
     ("請回復", "請回覆"),
+    ("上回復", "上回覆"),        # "wrote on the ticket": a reply, not a restore
+    ("當前狀態", "目前狀態"),
     ("併為您", "並為您"),        # 并 as "and", not 合併
     ("反饋", "回饋"),
     ("主題", "主旨"),            # a mail's subject line is 主旨 in Taiwan's mail clients
