@@ -13,6 +13,7 @@ import click
 
 from mailflow import config as config_mod
 from mailflow import resources
+from mailflow.cliutil import GlobalOptionsGroup
 from mailflow.clock import Clock
 from mailflow.errors import ProblemsError
 from mailflow.privacy import MaskAddresses
@@ -93,7 +94,7 @@ class Ctx:
         return self.runtime().pipeline
 
 
-class _Group(click.Group):
+class _Group(GlobalOptionsGroup):
     """Expected failures (a damaged data file, a missing spool file, a broken rule) end in one
     clear line and a non-zero exit, never a traceback."""
 

@@ -456,8 +456,8 @@ def from_dict(data: dict, fname: str, base: Path, path: Path | None = None) -> C
         r.err("rules.dir", f"not a directory: {cfg.rules_dir}")
     if tpl_dir and not cfg.templates_dir.is_dir():
         r.err("templates.dir", f"not a directory: {cfg.templates_dir}")
-    if cfg.default_locale not in ("zh", "en"):
-        r.err("templates.default_locale", f"must be zh or en, not {cfg.default_locale!r}")
+    if cfg.default_locale not in ("zh", "zh-Hant", "en"):
+        r.err("templates.default_locale", f"must be zh, zh-Hant or en, not {cfg.default_locale!r}")
     if not cfg.prefix.isalnum() or not cfg.prefix.isascii() or not cfg.prefix[:1].isalpha():
         r.err("tickets.prefix", f"must be ASCII letters/digits starting with a letter, not {cfg.prefix!r}")
     cfg.prefix = cfg.prefix.upper()

@@ -699,6 +699,7 @@ class _Parts:
     inner: list[EmailMessage] = field(default_factory=list)
     dsn: list[EmailMessage] = field(default_factory=list)
     rfc822_headers: list[bytes] = field(default_factory=list)
+    charsets: list[str] = field(default_factory=list)  # of the text body parts, in order
 
 
 class _Walker:
@@ -756,6 +757,8 @@ class _Walker:
         data = _payload_bytes(part, self.defects)
         if ctype in ("text/plain", "text/html") and disposition != "attachment" and not fname:
             charset = _parse_params(hdrs.get("content-type", "")).get("charset")
+            if charset:
+                self.found.charsets.append(charset.strip().lower())
             text, defect = decode_bytes(data, charset)
             if defect:
                 self.defects.append(defect)
@@ -996,7 +999,8 @@ class _Parse:
             text=text,
             new_text=new_text,
             html=html,
-            language=detect_language(subject + "\n" + (new_text or text)),
+            language=detect_language(subject + "\n" + (new_text or text),
+                                     charset=parts.charsets[0] if parts.charsets else None),
             attachments=parts.attachments,
             ticket_ids=find_ticket_ids(subject, self.prefix),
             auto_kind=auto,

@@ -59,7 +59,7 @@ field                               type      meaning
 ``from``                            text      sender address (lowercase)
 ``to``                              list      recipient addresses (To + Cc)
 ``mailbox``                         text      name of the mailbox the mail arrived in
-``language``                        text      ``zh`` or ``en``
+``language``                        text      ``zh`` (simplified), ``zh-Hant`` (traditional) or ``en``
 ``has_attachments``                 bool
 ``category``                        text      as set so far (by earlier rules or stages)
 ``priority``                        level     ``low`` ``normal`` ``high`` ``urgent`` (as set so far)
@@ -213,7 +213,7 @@ FIELDS: dict[str, str] = {
 FIELD_VALUES: dict[str, tuple[str, ...]] = {
     "priority": PRIORITIES,
     "customer.tier": ("vip", "standard"),
-    "language": ("zh", "en"),
+    "language": ("zh", "zh-Hant", "en"),
     "status": ("new", "open", "pending", "resolved", "closed"),
 }
 OPERATORS = ("equals", "in", "matches", "contains", "exists", "<", "<=", ">", ">=")
