@@ -14,12 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from mailflow import resources
+from mailflow import resources, sla
 from mailflow.errors import ProblemsError
 
 PRIORITIES = ("urgent", "high", "normal", "low")
-DEFAULT_FIRST_RESPONSE_HOURS = {"urgent": 1.0, "high": 4.0, "normal": 24.0, "low": 48.0}
-DEFAULT_RESOLUTION_HOURS = {"urgent": 4.0, "high": 24.0, "normal": 72.0, "low": 336.0}
 
 
 class ConfigError(ProblemsError):
@@ -95,6 +93,7 @@ class MailboxConfig:
     timeout: float = 20.0
     batch_size: int = 100
     smtp: SmtpConfig | None = None
+    calendar: str = ""  # the business calendar of this mailbox's tickets ("" = the default)
 
 
 @dataclass
@@ -128,8 +127,8 @@ class Config:
     vip: list[str] = field(default_factory=list)
     prefix: str = "CW"
     timezone: str = "Asia/Shanghai"
-    first_response_hours: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FIRST_RESPONSE_HOURS))
-    resolution_hours: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_RESOLUTION_HOURS))
+    calendars: dict[str, sla.Calendar] = field(default_factory=dict)  # "default", "24x7", [calendars.NAME]
+    sla: sla.SlaPolicy | None = None  # targets per priority/tier/category, calendar per priority/mailbox
     attachment_max_bytes: int = 10 * 1024 * 1024
     mailboxes: list[MailboxConfig] = field(default_factory=list)
     smtp: SmtpConfig | None = None
@@ -147,6 +146,13 @@ class Config:
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @property
+    def policy(self) -> sla.SlaPolicy:
+        """The SLA policy (built from the defaults on first use when the config had no [sla])."""
+        if self.sla is None:
+            self.calendars, self.sla = _sla_policy({}, self.timezone, [], "(defaults)")
+        return self.sla
 
     def staff_by_email(self) -> dict[str, StaffMember]:
         return {s.email.lower(): s for s in self.staff}
@@ -220,7 +226,7 @@ _SMTP_KEYS = {"host", "port", "tls", "user", "password", "password_env", "passwo
               "token_command", "timeout"}
 _MB_KEYS = {"name", "host", "port", "tls", "user", "password", "password_env", "password_file", "auth",
             "token_command", "folder", "address", "from_name", "after", "poll_interval", "idle", "timeout",
-            "batch_size", "smtp"}
+            "batch_size", "smtp", "calendar"}
 
 
 def _smtp(r: _Reader, t: dict, prefix: str) -> SmtpConfig:
@@ -277,6 +283,7 @@ def _mailbox(r: _Reader, t: dict, i: int) -> MailboxConfig | None:
         idle=r.get(t, "idle", bool, True, prefix),
         timeout=r.get(t, "timeout", float, 20.0, prefix),
         batch_size=r.get(t, "batch_size", int, 100, prefix),
+        calendar=r.get(t, "calendar", str, "", prefix),
     )
     if "smtp" in t:
         if isinstance(t["smtp"], dict):
@@ -335,26 +342,18 @@ def _permissions(r: _Reader, t: dict) -> dict[str, list[str]]:
     return out
 
 
-def _hours_table(r: _Reader, t: dict, key: str, default: dict[str, float]) -> dict[str, float]:
-    out = dict(default)
-    v = t.get(key)
-    if v is None:
-        return out
-    if not isinstance(v, dict):
-        r.err(f"sla.{key}", "must be a table of priority = hours")
-        return out
-    for p, h in v.items():
-        if p not in PRIORITIES:
-            r.err(f"sla.{key}.{p}", f"unknown priority (one of {', '.join(PRIORITIES)})")
-        elif isinstance(h, bool) or not isinstance(h, int | float) or h <= 0:
-            r.err(f"sla.{key}.{p}", "must be a positive number of hours")
-        else:
-            out[p] = float(h)
-    return out
+def _sla_policy(data: dict, timezone: str, mailboxes: list[MailboxConfig], fname: str
+                ) -> tuple[dict[str, sla.Calendar], sla.SlaPolicy]:
+    """[calendar], [calendars.NAME] and [sla] -> (calendars, policy); raises ConfigError."""
+    cals, problems = sla.parse_calendars(data.get("calendar"), data.get("calendars"), timezone, fname)
+    policy, more = sla.parse_sla(data.get("sla"), cals, {mb.name: mb.calendar for mb in mailboxes}, fname)
+    if problems or more:
+        raise ConfigError(problems + more)
+    return cals, policy
 
 
 TOP_KEYS = {"storage", "rules", "templates", "company", "customers", "tickets", "mailbox", "smtp", "staff",
-            "sla", "outbound", "logging", "routing", "attachments", "permissions"}
+            "sla", "outbound", "logging", "routing", "attachments", "permissions", "calendar", "calendars"}
 ROLES = ("agent", "lead", "manager")
 
 
@@ -406,7 +405,7 @@ def from_dict(data: dict, fname: str, base: Path, path: Path | None = None) -> C
 
     storage, rules, templates = table("storage"), table("rules"), table("templates")
     company, customers, tickets = table("company"), table("customers"), table("tickets")
-    sla, outbound, logging_, routing = table("sla"), table("outbound"), table("logging"), table("routing")
+    outbound, logging_, routing = table("outbound"), table("logging"), table("routing")
     attachments = table("attachments")
     r.unknown(storage, {"data_dir", "archive_after_days"}, "storage.")
     r.unknown(rules, {"dir"}, "rules.")
@@ -414,7 +413,6 @@ def from_dict(data: dict, fname: str, base: Path, path: Path | None = None) -> C
     r.unknown(company, {"name"}, "company.")
     r.unknown(customers, {"vip"}, "customers.")
     r.unknown(tickets, {"prefix", "timezone", "reopen_within_days", "auto_close_days"}, "tickets.")
-    r.unknown(sla, {"first_response_hours", "resolution_hours"}, "sla.")
     r.unknown(logging_, {"level"}, "logging.")
     r.unknown(routing, {"strategy", "escalation_chain"}, "routing.")
     r.unknown(attachments, {"max_bytes"}, "attachments.")
@@ -435,8 +433,6 @@ def from_dict(data: dict, fname: str, base: Path, path: Path | None = None) -> C
         vip=r.get(customers, "vip", list, [], "customers."),
         prefix=r.get(tickets, "prefix", str, "CW", "tickets."),
         timezone=r.get(tickets, "timezone", str, "Asia/Shanghai", "tickets."),
-        first_response_hours=_hours_table(r, sla, "first_response_hours", DEFAULT_FIRST_RESPONSE_HOURS),
-        resolution_hours=_hours_table(r, sla, "resolution_hours", DEFAULT_RESOLUTION_HOURS),
         attachment_max_bytes=r.get(attachments, "max_bytes", int, 10 * 1024 * 1024, "attachments."),
         log_level=r.get(logging_, "level", str, "info", "logging."),
         routing_strategy=r.get(routing, "strategy", str, "least_open", "routing."),
@@ -550,6 +546,11 @@ def from_dict(data: dict, fname: str, base: Path, path: Path | None = None) -> C
         if m.role not in ROLES:
             r.err(f"{prefix}role", f"must be agent, lead or manager, not {m.role!r}")
         cfg.staff.append(m)
+    tz_ok = not any(p.startswith(f"{fname}: tickets.timezone") for p in r.problems)
+    try:
+        cfg.calendars, cfg.sla = _sla_policy(data, cfg.timezone if tz_ok else "UTC", cfg.mailboxes, fname)
+    except ConfigError as e:
+        r.problems.extend(e.problems)
     if r.problems:
         raise ConfigError(r.problems)
     return cfg

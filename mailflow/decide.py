@@ -137,7 +137,8 @@ class Decider:
             "first_response_at": None, "resolved_at": None, "closed_at": None, "silence_from": None,
             "participants": sorted({a for a in msg.cc if a not in self._support_addresses()}),
             "rules_fired": [list(x) for x in ev.outcome.fired],
-            "events": [event(now, "created", "customer", f"from mailbox {mailbox or 'ingest'}")],
+            "events": [event(now, "created", "customer", f"from mailbox {mailbox or 'ingest'}",
+                             priority=f.priority, category=f.category)],
             "rating": None, "ratings": [], "reopen_count": 0, "auto_sent": 0,
             "failing_addresses": [], "mentioned_staff": sorted(ev.mentioned),
         }
@@ -203,6 +204,7 @@ class Decider:
             fields["participants"] = sorted(parts)
         fields.update(ch.fields)
         plan.update(tid, fields)
+        plan.event(tid, event(now, "customer_mail", "customer", "the customer wrote"))  # starts next-response
         for e in ch.events:
             plan.event(tid, e)
         merged = dict(t, **ch.fields)

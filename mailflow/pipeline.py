@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from mailflow import slaclock
 from mailflow.clock import SYSTEM, Clock
 from mailflow.config import Config
 from mailflow.decide import Decider, Evaluation
@@ -26,7 +27,8 @@ from mailflow.privacy import mask, mask_addresses
 from mailflow.render import Templates
 from mailflow.rules import RuleSet
 from mailflow.spool import Spool
-from mailflow.store import Store, iso, parse_iso
+from mailflow.store import Store, iso
+from mailflow.timers import TimerResult, Timers
 
 log = logging.getLogger("mailflow.pipeline")
 
@@ -65,6 +67,7 @@ class Pipeline:
         self.debug = cfg.log_level.lower() == "debug"
         self.dry = False  # simulate: decide everything, write no files (the batch is rolled back)
         self._open_counts: dict[str, int] | None = None
+        self._touched: set[str] = set()  # tickets the batch changed: their timers run before the commit
 
     @property
     def decider(self) -> Decider:
@@ -90,16 +93,19 @@ class Pipeline:
         now = self.clock.now()
         with self.store.batch():
             self._open_counts = self.store.open_counts()
+            self._touched = set()
             self.outbox.begin()
             try:
                 for it in items:
                     results.append(self._one(it, now))
+                self.run_timers(now, sorted(self._touched))  # "at once" rules, in the same commit
                 if checkpoint is not None:
                     self.store.set_checkpoint(checkpoint[0], **checkpoint[1])
                 self.outbox.commit_pending()  # the mail's bytes are durable before the rows are
             finally:
                 self.outbox.abort_pending()
                 self._open_counts = None
+                self._touched = set()
         for r in results:
             if r.kind not in ("duplicate",):
                 log.info("%s ticket=%s mailbox=%s uid=%s %s", r.kind, r.ticket_id or "-", r.mailbox or "-",
@@ -159,8 +165,9 @@ class Pipeline:
         self.apply(plan, msg, it, now)
         return Result(plan.route, plan.ticket_id, plan.reason, it.uid, it.mailbox, plan)
 
-    def apply(self, plan: Plan, msg: Message, it: Incoming, now: datetime) -> None:
-        """Carry out a plan inside the current batch (the one place where handling writes)."""
+    def apply(self, plan: Plan, msg: Message | None, it: Incoming | None, now: datetime) -> None:
+        """Carry out a plan inside the current batch (the one place where handling writes).
+        `msg`/`it` are None for the scheduler's plans (no incoming mail)."""
         st = self.store
         if plan.route == "duplicate":
             return
@@ -168,56 +175,109 @@ class Pipeline:
             if st.unarchive(tid) is not None:
                 st.append_events(tid, [{"at": iso(now), "kind": "unarchived", "actor": "system",
                                         "detail": "brought back from the archive by new mail"}])
+        touched: set[str] = set()
         if plan.new_ticket is not None:
-            t = dict(plan.new_ticket)
-            t["sla"] = self.sla(t.get("created_at"), t["priority"])
-            st.add_ticket(t)
-        if plan.record:
+            st.add_ticket(dict(plan.new_ticket))
+            touched.add(plan.new_ticket["id"])
+        if plan.record and msg is not None and it is not None:
             first = plan.new_ticket is not None  # a first mail's words: a forwarded chain is the request
             self._add_message(msg, it, plan.record, plan.record_kind, now, first=first)
         for tid, fields in plan.updates:
-            if st.ticket(tid) is None:
-                continue
-            if "priority" in fields:  # SLA due times follow the priority
-                fields = dict(fields, sla=self.sla(st.ticket(tid).get("created_at"), fields["priority"]))
-            st.update_ticket(tid, fields)
+            if st.ticket(tid) is not None:
+                st.update_ticket(tid, fields)
+                touched.add(tid)
         by_ticket: dict[str, list[dict]] = {}
         for tid, ev in plan.events:
             by_ticket.setdefault(tid, []).append(ev)
         for tid, evs in by_ticket.items():
             st.append_events(tid, evs)
+            touched.add(tid)
+        for tid in touched:  # due times follow every change (priority, pending, answers...)
+            t = st.ticket(tid)
+            if t is not None:
+                st.update_ticket(tid, {"sla": slaclock.sla_record(t, self.cfg, now)})
+        self._touched |= touched
         for key, value in plan.meta.items():
             st.set_meta(key, value)
-        if plan.seen:
+        if plan.seen and msg is not None:
             st.mark_seen(msg.message_id, msg.content_hash, plan.seen, now)
-        if plan.hold:
+        if plan.hold and it is not None:
             self._quarantine(it, plan.hold, now, status="spam")
         for m in plan.mails:
             t = st.ticket(m.ticket_id)
             if t is None:
                 continue
+            extra = m.extra
+            if msg is None and "message" not in extra:  # a timer's mail quotes the customer's last words
+                extra = {**extra, "message": self._last_customer_message(m.ticket_id)}
             if m.staff:
-                self.outbox.notify_staff(t, m.to or "", msg=msg, now=now, template=m.template, extra=m.extra)
-            else:
-                self.outbox.enqueue(t, m.template, msg=msg if m.quote_incoming else None, auto=m.auto, now=now,
-                                    extra=m.extra, in_reply_to=None if m.quote_incoming
-                                    else self._last_customer_message_id(m.ticket_id))
+                self.outbox.notify_staff(t, m.to or "", msg=msg, now=now, template=m.template, extra=extra)
+            elif self.outbox.enqueue(t, m.template, msg=msg if m.quote_incoming else None, auto=m.auto, now=now,
+                                     extra=extra, in_reply_to=None if m.quote_incoming and msg is not None
+                                     else self._last_customer_message_id(m.ticket_id)):
+                # the customer heard from us: the progress-update clock starts over
+                t = st.ticket(m.ticket_id) or t
+                st.update_ticket(m.ticket_id, {"last_public_at": iso(now),
+                                               "public_updates": int(t.get("public_updates") or 0) + 1})
         if plan.assigned and self._open_counts is not None:  # last: nothing after this can fail
             self._open_counts[plan.assigned] = self._open_counts.get(plan.assigned, 0) + 1
 
+    # ---- timers (SLA reminders, escalations, customer updates, auto-close) ----------------------
+
+    @property
+    def timers(self) -> Timers:
+        if self._timers is None or self._timers.rules is not self.rules:
+            self._timers = Timers(self.cfg, self.rules)
+        return self._timers
+
+    _timers: Timers | None = None
+
+    def run_timers(self, now: datetime, tids: list[str] | None = None) -> list[TimerResult]:
+        """Apply what time has made due, for `tids` (the tickets a batch changed) or for every ticket
+        whose wake-up time has come; each ticket in its own savepoint, inside the current batch (or a
+        new one). Every ticket looked at gets its next wake-up time."""
+        out: list[TimerResult] = []
+        with self.store.batch():
+            for tid in (self.store.due_tickets(now) if tids is None else tids):
+                t = self.store.ticket(tid)
+                if t is None:
+                    continue
+                try:
+                    with self.store.savepoint():
+                        for _round in range(4):  # a firing may change what the rules see (priority...)
+                            res = self.timers.decide(t, now)
+                            if not (res.plan.updates or res.plan.events or res.plan.mails):
+                                break
+                            saved, self._touched = self._touched, set()
+                            try:
+                                self.apply(res.plan, None, None, now)
+                            finally:
+                                self._touched = saved
+                            out.append(res)
+                            t = self.store.ticket(tid) or t
+                        self.store.update_ticket(tid, {"wake_at": iso(res.wake_at) if res.wake_at else None})
+                except Exception as e:  # one ticket's broken rule or template never stops the others
+                    log.error("timers failed ticket=%s: %s: %s", tid, type(e).__name__, e)
+                    log.debug("%s", traceback.format_exc())
+                    self.store.update_ticket(tid, {"wake_at": iso(now + timedelta(minutes=15))})
+        for r in out:
+            if r.fired or r.plan.route == "auto_close":
+                log.info("timers ticket=%s %s", r.plan.ticket_id, ", ".join(r.fired) or r.plan.route)
+        return out
+
     # ---- helpers ------------------------------------------------------------------------------
 
+    def _customer_messages(self, tid: str) -> list[dict]:
+        return [m for m in self.store.messages_of(tid) if m["direction"] == "in" and m.get("kind") == "customer"]
+
     def _last_customer_message_id(self, tid: str) -> str | None:
-        ins = [m for m in self.store.messages_of(tid) if m["direction"] == "in" and m.get("kind") == "customer"]
+        ins = self._customer_messages(tid)
         return ins[-1]["message_id"] if ins else None
 
-    def sla(self, created_at: str | None, priority: str) -> dict:
-        created = parse_iso(created_at) or self.clock.now()
-        first_h = self.cfg.first_response_hours.get(priority, 24.0)
-        res_h = self.cfg.resolution_hours.get(priority, 72.0)
-        return {"first_response_due": iso(created + timedelta(hours=first_h)),
-                "resolution_due": iso(created + timedelta(hours=res_h)),
-                "first_response_hours": first_h, "resolution_hours": res_h}
+    def _last_customer_message(self, tid: str) -> dict:
+        ins = [m for m in self._customer_messages(tid) if (m.get("text") or "").strip()]
+        m = ins[-1] if ins else {}
+        return {"text": m.get("text", ""), "from": m.get("from", ""), "subject": m.get("subject", "")}
 
     def _add_message(self, msg: Message, it: Incoming, tid: str, kind: str, now: datetime,
                      first: bool = False) -> None:

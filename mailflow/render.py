@@ -84,7 +84,7 @@ from mailflow.idn import idna_domain
 from mailflow.sandbox import BudgetedEnvironment, BudgetError
 
 REQUIRED = ("ack", "progress", "resolved", "closed", "reopened", "staff_notify", "staff_update", "escalation",
-            "command_error")
+            "command_error", "sla_reminder", "pending_reminder")
 PARTS = ("subject", "txt", "html")
 # "zh" is simplified Chinese, "zh-Hant" traditional (Taiwan phrasing, templates/zh-Hant/ is made from
 # templates/zh/ by tools/make_zh_hant.py). LOCALES[0] is where check reports a missing template.

@@ -60,6 +60,7 @@ class Outcome:
     escalate: list[str] = field(default_factory=list)  # escalation recipient emails
     rr_state: dict[str, int] = field(default_factory=dict)  # updated round-robin pointers per team
     decisions: list[Decision] = field(default_factory=list)  # everything the rules decided, in order
+    customer_updates: list[str] = field(default_factory=list)  # templates to mail the customer (timers)
 
 
 def apply_priority(current: str, value: str | dict) -> str:
@@ -116,6 +117,7 @@ class _Apply:
         self.no_ack = False
         self.pick: str | None = None  # strategy requested by a rule
         self.decisions: list[Decision] = []
+        self.customer_updates: list[str] = []
 
     def facts(self, facts: dict) -> dict:
         out = dict(facts)
@@ -155,6 +157,9 @@ class _Apply:
                 self.no_ack = bool(v)
             elif a == "escalate":
                 self.escalate.append(v)
+            elif a == "customer_update":
+                if v not in self.customer_updates:
+                    self.customer_updates.append(v)
 
     def outcome(self, staff: list[StaffMember], open_counts: dict[str, int], rr_state: dict[str, int],
                 mentioned: set[str], strategy: str, chain: list[str], auto_pick: bool) -> Outcome:
@@ -168,6 +173,7 @@ class _Apply:
             f.assignee = pick_assignee(f.team, self.pick or strategy, staff, open_counts, rr, excluded)
         team_members = [m.email.lower() for m in _members(staff, f.team)]
         leads = [m.email.lower() for m in _members(staff, f.team) if m.role == "lead"]
+        managers = [m.email.lower() for m in staff if m.role == "manager"]
 
         notify: list[tuple[str, str]] = []
         for to, template in self.notify:
@@ -177,6 +183,10 @@ class _Apply:
                 emails = team_members
             elif to == "lead":
                 emails = leads
+            elif to == "assignee":
+                emails = [f.assignee.lower()] if f.assignee else (leads or [c.lower() for c in chain[:1]])
+            elif to == "manager":
+                emails = managers or [c.lower() for c in chain]
             else:
                 emails = [to.lower()]
             for e in emails:
@@ -189,13 +199,16 @@ class _Apply:
                 emails = leads or [c.lower() for c in chain]
             elif target == "chain":
                 emails = [c.lower() for c in chain]
+            elif target == "manager":
+                emails = managers or [c.lower() for c in chain]
             else:
                 emails = [target.lower()]
             for e in emails:
                 if e not in escalate:
                     escalate.append(e)
         return Outcome(fields=f, fired=self.fired, notify=notify, ack_template=self.ack_template,
-                       no_ack=self.no_ack, escalate=escalate, rr_state=rr, decisions=self.decisions)
+                       no_ack=self.no_ack, escalate=escalate, rr_state=rr, decisions=self.decisions,
+                       customer_updates=self.customer_updates)
 
 
 def evaluate_message(rules: RuleSet, facts: dict, fields: TicketFields, staff: list[StaffMember],

@@ -208,7 +208,15 @@ FIELDS: dict[str, str] = {
     "customer.open_tickets": "number", "customer.complaints_30d": "number", "customer.spam_count": "number",
     "sentiment": "number", "mentions_staff": "bool", "sla.first_response_breached": "bool",
     "sla.resolution_breached": "bool", "hours_since_update": "number", "status": "text",
+    # escalation stage (timer facts, business time of the ticket's calendar)
+    "sla.next_response_breached": "bool", "hours_since_customer": "number", "days_since_update": "number",
+    "days_since_customer": "number", "hours_pending": "number", "days_pending": "number",
+    "assignee": "text", "reopen_count": "number",
+    **{f"sla.{c}.{k}": kind for c in ("first_response", "next_response", "resolution", "update")
+       for k, kind in (("breached", "bool"), ("running", "bool"), ("cycle", "number"), ("remaining_hours", "number"),
+                       ("elapsed_ratio", "number"), ("breached_hours", "number"), ("target_hours", "number"))},
 }
+TIMER_ONLY_ACTIONS = ("customer_update",)  # escalation.yaml only: the scheduler applies them
 # fields whose values are a closed set: a rule testing another value is a mistake
 FIELD_VALUES: dict[str, tuple[str, ...]] = {
     "priority": PRIORITIES,
@@ -219,9 +227,9 @@ FIELD_VALUES: dict[str, tuple[str, ...]] = {
 OPERATORS = ("equals", "in", "matches", "contains", "exists", "<", "<=", ">", ">=")
 _OP_ALIASES = {"lt": "<", "le": "<=", "lte": "<=", "gt": ">", "ge": ">=", "gte": ">="}
 ACTIONS = ("category", "priority", "team", "assignee", "tag", "notify", "ack_template", "no_ack",
-           "escalate")
+           "escalate", "customer_update")
 PICK_STRATEGIES = ("round_robin", "least_open")
-RULE_KEYS = ("name", "when", "then", "stop", "description")
+RULE_KEYS = ("name", "when", "then", "stop", "description", "anytime")
 
 # engine budgets (see module docstring)
 _CHUNK_ALPHA_BUDGET = 60
@@ -894,21 +902,28 @@ class _Compiler:
                 return None
             to = spec.get("to")
             if not isinstance(to, str) or not to.strip():
-                self.err(f"{path}.to: needs a target: a staff email, team:NAME, team, lead or an address")
+                self.err(f"{path}.to: needs a target: a staff email, team:NAME, team, lead, assignee, manager "
+                         "or an address")
                 return None
             to = to.strip()
             if to.startswith("team:"):
                 if not to[5:].strip():
                     self.err(f"{path}.to: 'team:' needs a team name")
                     return None
-            elif to not in ("team", "lead") and "@" not in to:
-                self.err(f"{path}.to: {to!r} is not an address, team:NAME, team or lead")
+            elif to not in ("team", "lead", "assignee", "manager") and "@" not in to:
+                self.err(f"{path}.to: {to!r} is not an address, team:NAME, team, lead, assignee or manager")
                 return None
             template = spec.get("template", "staff_notify")
             if not isinstance(template, str) or not template.strip():
                 self.err(f"{path}.template: needs a template name")
                 return None
             return [(name, {"to": to if "@" not in to else to.lower(), "template": template.strip()})]
+        if name == "customer_update":
+            if self.stage != "escalation":
+                self.err(f"{path}: customer_update works in escalation.yaml only (mail sent by the scheduler)")
+                return None
+            v = self._name(val, path, "a template name")
+            return None if v is None else [(name, v)]
         if name == "no_ack":
             if not isinstance(val, bool):
                 self.err(f"{path}: must be true or false, got {_describe(val)}")
@@ -918,9 +933,9 @@ class _Compiler:
             if val is True:
                 return [(name, "lead")]
             target = val.get("to") if isinstance(val, dict) and set(val) == {"to"} else val
-            if isinstance(target, str) and (target in ("lead", "chain") or "@" in target):
+            if isinstance(target, str) and (target in ("lead", "chain", "manager") or "@" in target):
                 return [(name, target.strip().lower())]
-            self.err(f"{path}: give true or {{to: lead|chain|EMAIL}}, got {val!r}")
+            self.err(f"{path}: give true or {{to: lead|chain|manager|EMAIL}}, got {val!r}")
             return None
         raise AssertionError(name)  # pragma: no cover
 
@@ -964,13 +979,20 @@ class _Compiler:
             if not isinstance(stop, bool):
                 self.err(f"stop: must be true or false, got {_describe(stop)}")
                 ok = False
+            anytime = r.get("anytime", False)
+            if not isinstance(anytime, bool):
+                self.err(f"anytime: must be true or false, got {_describe(anytime)}")
+                ok = False
+            elif anytime and self.stage != "escalation":
+                self.err("anytime: only escalation rules wait for working hours, so only they take it")
+                ok = False
             cond = self.condition(r["when"], "when") if "when" in r else None
             acts = self.actions(r["then"]) if "then" in r else None
             if acts is not None and not acts and not stop:
                 self.err("then: no actions (a rule without actions only makes sense with stop: true)")
                 ok = False
             if ok and named and cond is not None and acts is not None:
-                out.append(_Rule(self._rule, len(out), cond, tuple(acts), stop))
+                out.append(_Rule(self._rule, len(out), cond, tuple(acts), stop, anytime))
         self._rule = "-"
         return out
 
@@ -982,6 +1004,7 @@ class _Rule:
     cond: tuple
     actions: tuple[tuple[str, Any], ...]
     stop: bool
+    anytime: bool = False
 
 
 # ---- engine shape (NNF, costs, chunks) ----------------------------------------------------------
@@ -1495,6 +1518,38 @@ class RuleSet:
         ids = {f["id"] for f in engine_facts}
         fired = sorted({idx for fid, idx in hits if fid in ids})
         return st.result(fired)
+
+    def anytime(self, stage: str) -> set[str]:
+        """Rules of `stage` that may act outside working hours (`anytime: true`)."""
+        return {r.name for r in self._get(stage).rules if r.anytime}
+
+    def fields(self, stage: str) -> dict[str, set[str]]:
+        """{rule name: the fields its conditions test} (the scheduler's ledger keys follow them)."""
+        st = self._get(stage)
+
+        def walk(node: tuple, out: set[str]) -> set[str]:
+            if node[0] == "leaf":
+                key = st.leaves[node[1]].key
+                if key and isinstance(key[0], str) and key[0] in FIELDS:
+                    out.add(key[0])
+            elif node[0] in ("all", "any"):
+                for c in node[1]:
+                    walk(c, out)
+            else:
+                walk(node[1], out)
+            return out
+
+        return {r.name: walk(r.cond, set()) for r in st.rules}
+
+    def constants(self, stage: str) -> dict[str, set[float]]:
+        """Every number a rule of `stage` compares a number field with ({field: {values}}): the
+        scheduler wakes exactly when a timer fact may cross one of them."""
+        out: dict[str, set[float]] = {}
+        for leaf in self._get(stage).leaves:
+            k = leaf.key
+            if len(k) == 3 and k[1] in ("<", "<=", ">", ">=") and FIELDS.get(k[0]) == "number" and _is_number(k[2]):
+                out.setdefault(k[0], set()).add(float(k[2]))
+        return out
 
     def evaluate_pure(self, stage: str, facts: dict) -> StageResult:
         """The same stage evaluated in plain Python, no engine (reference for the agreement test)."""

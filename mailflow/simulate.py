@@ -45,7 +45,9 @@ def simulate_raw(p: Pipeline, raw: bytes, label: str = "", mailbox: str | None =
                     plan = p.decide(msg, it, now, ignore_seen=True)
                     out["note"] = (f"already processed{' (ticket ' + known + ')' if known else ''}: "
                                    "evaluated as if it were new")
+                p._touched = set()
                 p.apply(plan, msg, it, now)
+                timers = p.run_timers(now, sorted(p._touched))  # what run does before its commit
             except Exception as e:
                 out.update(route="quarantined", error=f"{type(e).__name__}: {e}")
                 raise _Rollback() from None
@@ -65,12 +67,16 @@ def simulate_raw(p: Pipeline, raw: bytes, label: str = "", mailbox: str | None =
             out["mails"] = [{"template": rows[k]["template"], "to": rows[k]["to"], "subject": rows[k]["subject"]}
                             for k in rows if k not in before]
             out["plan"] = plan.as_json()
+            out["timers"] = [{"ticket_id": r.plan.ticket_id, "fired": r.fired, "deferred": r.deferred,
+                              "wake_at": r.wake_at.isoformat() if r.wake_at else None}
+                             for r in timers if r.fired or r.deferred or r.plan.route == "auto_close"]
             raise _Rollback()
     except _Rollback:
         pass
     finally:
         p.dry = False
         p._open_counts = None
+        p._touched = set()
     return out
 
 

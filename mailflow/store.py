@@ -16,6 +16,7 @@ Message bodies live in the spool; the database keeps metadata and the cleaned te
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import os
@@ -206,6 +207,9 @@ class Store:
         for k, m in self._table("messages").items():
             self._index_message(k, m)
         self._seen: set[str] = {s["key"] for s in self._table("seen").values()}
+        self._wake_of: dict[str, str] = {t["id"]: t["wake_at"] for t in self._table("tickets").values()
+                                         if t.get("wake_at")}
+        self._wakes: list[tuple[str, str]] = sorted((w, tid) for tid, w in self._wake_of.items())
         self._meta: dict[str, str] = {m["key"]: k for k, m in self._table("meta").items()}
 
     def _index_message(self, doc_id: str, m: dict) -> None:
@@ -341,9 +345,43 @@ class Store:
         cust = self._cust.setdefault(t.get("customer_email", ""), [])
         cust.append(k)
         self._index_undo(lambda: (self._tid.pop(t["id"], None), cust.remove(k)))
+        self._set_wake(t["id"], t.get("wake_at"))
 
     def update_ticket(self, tid: str, fields: dict) -> None:
         self._changing("tickets", self._tid[tid]).update(fields)
+        if "wake_at" in fields:
+            self._set_wake(tid, fields["wake_at"])
+
+    # ---- the scheduler's index: when each ticket must be looked at again -------------------------
+
+    def _set_wake(self, tid: str, when: str | None, undo: bool = True) -> None:
+        old = self._wake_of.get(tid)
+        if old == when:
+            return
+        if old is not None:
+            i = bisect.bisect_left(self._wakes, (old, tid))
+            if i < len(self._wakes) and self._wakes[i] == (old, tid):
+                del self._wakes[i]
+            del self._wake_of[tid]
+        if when:
+            bisect.insort(self._wakes, (when, tid))
+            self._wake_of[tid] = when
+        if undo:
+            self._index_undo(lambda: self._set_wake(tid, old, undo=False))
+
+    def next_wake(self) -> str | None:
+        """The earliest instant (ISO) any hot ticket's timers need looking at, or None."""
+        return self._wakes[0][0] if self._wakes else None
+
+    def due_tickets(self, now: datetime, limit: int | None = None) -> list[str]:
+        """Tickets whose wake-up time has come, earliest first (an index, not a scan of every ticket)."""
+        cut = iso(now) or ""
+        out = []
+        for w, tid in self._wakes:
+            if w > cut or (limit is not None and len(out) >= limit):
+                break
+            out.append(tid)
+        return out
 
     def add_event(self, tid: str, kind: str, detail: str = "", at: datetime | None = None,
                   actor: str = "system") -> None:
@@ -615,6 +653,7 @@ class Store:
                     self._msg.pop(m["message_id"], None)
             k = self._tid.pop(t["id"])
             tickets_t.pop(k, None)
+            self._set_wake(t["id"], None, undo=False)
             cust = self._cust.get(t.get("customer_email", ""), [])
             if k in cust:
                 cust.remove(k)

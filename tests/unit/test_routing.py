@@ -298,21 +298,39 @@ def test_bundled_attitude_complaint_never_goes_to_the_named_agent(bundled):
     assert ("sue@corp.example", "staff_notify") in o.notify  # the lead reviews attitude complaints
 
 
+FR = "sla.first_response."
+
+
 @pytest.mark.parametrize("facts,fields,escalate,notify", [
-    ({"sla.first_response_breached": True, "hours_since_update": 1.0, "status": "new"},
+    # 80% of the first-response time: the assignee is reminded, nobody is escalated to
+    ({FR + "running": True, FR + "elapsed_ratio": 0.85, "status": "new"},
+     TicketFields("fault", "high", "tech", "tom@corp.example", []), [], [("tom@corp.example", "sla_reminder")]),
+    # the breach: the team's lead; twice the target: the managers too (the chain, with no manager)
+    ({FR + "running": True, FR + "breached": True, FR + "elapsed_ratio": 1.1, "status": "new"},
      TicketFields("fault", "high", "tech", "tom@corp.example", []), ["tina@corp.example"], []),
-    ({"sla.resolution_breached": True, "hours_since_update": 1.0, "status": "open"},
+    ({FR + "running": True, FR + "breached": True, FR + "elapsed_ratio": 2.0, "status": "new"},
+     TicketFields("fault", "high", "tech", "tom@corp.example", []), ["tina@corp.example", *CHAIN], []),
+    ({"sla.resolution.breached": True, "sla.resolution.elapsed_ratio": 1.2, "status": "open"},
      TicketFields("fault", "high", "tech", "tom@corp.example", []), CHAIN, []),
-    ({"hours_since_update": 5.0, "status": "open"},
-     TicketFields("fault", "urgent", "tech", "tom@corp.example", []), [],
-     ["tina@corp.example", "tom@corp.example", "ted@corp.example"]),
-    ({"hours_since_update": 5.0, "status": "resolved"},
+    # nothing due
+    ({FR + "running": True, FR + "elapsed_ratio": 0.5, "status": "open"},
      TicketFields("fault", "urgent", "tech", "tom@corp.example", []), [], []),
-    ({"hours_since_update": 3.0, "status": "open"},
-     TicketFields("fault", "urgent", "tech", "tom@corp.example", []), [], []),
+    # a complaint naming a staff member: the lead, at once
+    ({"category": "complaint", "mentions_staff": True, "status": "new"},
+     TicketFields("complaint", "high", "tech", "tom@corp.example", []), [], [("tina@corp.example", "staff_notify")]),
 ])
 def test_bundled_escalation(bundled, facts, fields, escalate, notify):
     o = evaluate_timer(bundled, facts, fields, STAFF, escalation_chain=CHAIN)
     assert o.escalate == escalate
-    assert [r for r, _ in o.notify] == notify
+    assert o.notify == notify
     assert o.fields.assignee == "tom@corp.example"
+
+
+def test_bundled_customer_updates(bundled):
+    f = TicketFields("inquiry", "normal", "customer_service", "zhao@corp.example", [])
+    o = evaluate_timer(bundled, {"status": "open", "sla.update.breached": True}, f, STAFF)
+    assert o.customer_updates == ["progress"] and not o.escalate
+    o = evaluate_timer(bundled, {"status": "pending", "days_pending": 3.2}, f, STAFF)
+    assert o.customer_updates == ["pending_reminder"]
+    o = evaluate_timer(bundled, {"status": "pending", "days_pending": 2.5, "sla.update.breached": True}, f, STAFF)
+    assert o.customer_updates == []

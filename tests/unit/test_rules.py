@@ -279,7 +279,7 @@ def test_check_backspace_from_double_quotes(tmp_path):
     ("[{notify: {to: 'team:'}}]", "needs a team name"),
     ("[{notify: {to: a@x.com, tmpl: x}}]", "unknown key"),
     ("[{no_ack: 'yes please'}]", "true or false"),
-    ("[{escalate: boss}]", "lead|chain|EMAIL"),
+    ("[{escalate: boss}]", "lead|chain|manager|EMAIL"),
     ("[{category: ''}]", "needs a name"),
     ("[priority]", "an action is a mapping"),
     ("{category: x}", None),  # a single mapping is accepted
