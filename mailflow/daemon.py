@@ -303,6 +303,71 @@ class Sender:
                      stats.perm, stats.queued)
 
 
+# ---- the SLA scheduler ----------------------------------------------------------------------------
+
+SCHEDULER_MAX_SLEEP = 30.0  # look again at least this often (a clock change can move the earliest wake)
+
+
+class Scheduler:
+    """The one thread that runs time-driven work: SLA reminders, escalations, customer updates,
+    auto-close (and scheduled reports). It sleeps until the earliest wake-up time in the store's index
+    (never a scan of every ticket), or until new mail is committed, and applies what is due in one batch
+    commit; a firing's ledger key goes into the same commit, so nothing is sent twice."""
+
+    name = "scheduler"
+
+    def __init__(self, box: Box, on_work: Callable[[], None] = lambda: None):
+        self.box = box
+        self.on_work = on_work
+        self.beat = time.monotonic()
+        self.allowance = SCHEDULER_MAX_SLEEP + 10
+        self.passes = 0
+        self.last_error: str | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _run(self) -> None:
+        from mailflow import services
+
+        while not self._stop.is_set():
+            rt = self.box.current
+            self.beat, self.allowance = time.monotonic(), PROCESS_ALLOWANCE
+            try:
+                n = services.timers_pass(rt)
+                self.last_error = None
+            except Exception as e:  # never let the scheduler die: log, back off, try again
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.error("scheduler pass failed, will retry: %s", self.last_error)
+                log.debug("scheduler traceback", exc_info=True)
+                n = 0
+            self.passes += 1
+            if n:
+                self.on_work()
+            delay = SCHEDULER_MAX_SLEEP
+            with rt.store.mutex:
+                nxt = rt.store.next_wake()
+            if nxt is not None:
+                from mailflow.clock import parse_iso
+
+                at = parse_iso(nxt)
+                delay = 0.0 if at is None else min(delay, max(0.0, (at - rt.clock.now()).total_seconds()))
+            self.beat, self.allowance = time.monotonic(), delay + 10
+            if delay > 0:
+                self._wake.wait(delay)
+            self._wake.clear()
+
+
 # ---- the daemon -------------------------------------------------------------------------------------
 
 class Daemon:
@@ -320,6 +385,7 @@ class Daemon:
         self.workers = [MailboxWorker(mb, self.box) for mb in cfg.mailboxes]
         self.threads: list[threading.Thread] = []
         self.sender = Sender(lambda: self.box.pipeline.outbox, self.store.mutex, self._smtp_timeout)
+        self.scheduler = Scheduler(self.box, on_work=self._kick_sender)
         self.watchdog = watchdog_seconds()
         self.grace = 20.0
         self.ready = False
@@ -349,6 +415,9 @@ class Daemon:
         out = [(f"mailbox {w.name}", w.beat, w.allowance, t.is_alive())
                for w, t in zip(self.workers, self.threads, strict=False)]
         out.append(("outbox sender", self.sender.beat, self.sender.allowance, self.sender.thread.is_alive()))
+        if self.scheduler.thread.ident is not None:
+            out.append(("scheduler", self.scheduler.beat, self.scheduler.allowance,
+                        self.scheduler.thread.is_alive()))
         return out
 
     def floor(self) -> float:
@@ -522,6 +591,11 @@ class Daemon:
     def _kick_sender(self) -> None:
         self.sender.wake()
 
+    def _on_mail(self) -> None:
+        """A batch was committed: send its mail, and let the scheduler see its new due times."""
+        self.sender.wake()
+        self.scheduler.wake()
+
     async def _supervise(self) -> None:
         tick = min(1.0, self.watchdog / 4) if self.watchdog else 1.0
         next_status = 0.0
@@ -592,8 +666,9 @@ class Daemon:
                                 "server may cost a watchdog restart instead of a retry", mb.name, mb.timeout,
                                 self.watchdog)
         self.sender.start()
+        self.scheduler.start()
         for w in self.workers:
-            t = threading.Thread(target=w.run, args=(self.stop, self._kick_sender), name=f"mailbox-{w.name}",
+            t = threading.Thread(target=w.run, args=(self.stop, self._on_mail), name=f"mailbox-{w.name}",
                                  daemon=True)
             t.start()
             self.threads.append(t)
@@ -616,19 +691,28 @@ class Daemon:
                 loop.remove_signal_handler(sig)
 
     async def _shutdown(self) -> int:
+        """Within `grace` seconds in all (TimeoutStopSec= in the unit allows a little more): the mailbox
+        threads finish their batch, the scheduler its pass, the outbox gets what time is left."""
         self.stopping = True
         sd_notify("STOPPING=1\nSTATUS=stopping: finishing the batch in hand, flushing the outbox")
         log.info("stopping: finishing the batch in hand")
+        deadline = time.monotonic() + self.grace
+
+        def left(floor: float = 1.0) -> float:
+            return max(floor, deadline - time.monotonic())
+
+        self.scheduler.stop()
         if self._reload_task is not None:
-            await asyncio.wait([self._reload_task], timeout=self.grace)
-        if not await self._wait(lambda: not any(t.is_alive() for t in self.threads), self.grace):
+            await asyncio.wait([self._reload_task], timeout=left())
+        if not await self._wait(lambda: not any(t.is_alive() for t in self.threads), left()):
             stuck = [w.name for w, t in zip(self.workers, self.threads, strict=False) if t.is_alive()]
-            log.warning("mailbox(es) %s did not stop within %gs; their batch will be replayed at the next "
-                        "start", ", ".join(stuck), self.grace)
+            log.warning("mailbox(es) %s did not stop in time; their batch will be replayed at the next start",
+                        ", ".join(stuck))
+        await self._wait(lambda: not self.scheduler.thread.is_alive(), min(left(), 5.0))
         self.sender.finish()
-        if not await self._wait(lambda: not self.sender.thread.is_alive(), self.grace):
+        if not await self._wait(lambda: not self.sender.thread.is_alive(), left()):
             self.sender.abort()
-            await self._wait(lambda: not self.sender.thread.is_alive(), 10.0)
+            await self._wait(lambda: not self.sender.thread.is_alive(), 3.0)
         queued = await asyncio.to_thread(self._queued_now)
         log.info("stopped: %s", f"{queued} mail(s) stay queued for the next start" if queued
                  else "outbox empty")

@@ -28,7 +28,7 @@ from mailflow.store import iso, parse_iso
 log = logging.getLogger("mailflow.mailbox")
 MAX_BATCH_BYTES = 64 * 1024 * 1024  # raw mail held in memory per batch
 
-PROCESS_ALLOWANCE = 300.0  # seconds one batch may spend in parsing, rules and the database commit
+PROCESS_ALLOWANCE = 300.0  # seconds one message (beat before each) or the batch's commit may take
 AUTH_RETRY_MIN = 30.0  # a rejected login is not retried sooner than this
 TOUCH_EVERY = 300.0  # an idle mailbox records its last successful poll this often
 
@@ -171,7 +171,8 @@ class MailboxWorker:
             self.expect("process", PROCESS_ALLOWANCE)
             results: list[Result] = self.pipeline.process(
                 items, checkpoint=(self.cfg.name, {"uidvalidity": src.uidvalidity, "last_uid": top,
-                                                   "last_poll": iso(self.pipeline.clock.now()), "last_error": None}))
+                                                   "last_poll": iso(self.pipeline.clock.now()), "last_error": None}),
+                beat=lambda: self.expect("process", PROCESS_ALLOWANCE))
             # committed: only now may the server hear that these are done
             done = [it.uid for it in items if it.uid is not None]
             self._unmarked = (src.uidvalidity, done)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -84,8 +85,11 @@ class Pipeline:
 
     # ---- batch entry point ------------------------------------------------------------------
 
-    def process(self, items: list[Incoming], checkpoint: tuple[str, dict] | None = None) -> list[Result]:
-        """Spool (fsync) every message, then handle all in one commit together with the checkpoint."""
+    def process(self, items: list[Incoming], checkpoint: tuple[str, dict] | None = None,
+                beat: Callable[[], None] | None = None) -> list[Result]:
+        """Spool (fsync) every message, then handle all in one commit together with the checkpoint.
+        `beat` is called before each message (the mailbox loop's watchdog heartbeat: a long batch of
+        slow mail is progress, not a hang)."""
         todo = [it for it in items if it.spool_rel is None and not self._known(it)]
         for it, ref in zip(todo, self.spool.write_many([it.raw for it in todo]), strict=True):
             it.spool_rel = ref
@@ -97,6 +101,8 @@ class Pipeline:
             self.outbox.begin()
             try:
                 for it in items:
+                    if beat is not None:
+                        beat()
                     results.append(self._one(it, now))
                 self.run_timers(now, sorted(self._touched))  # "at once" rules, in the same commit
                 if checkpoint is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 
-_EMAIL = re.compile(r"([A-Za-z0-9._%+\-])[^@\s<>\"',;:]*@([^\s<>\"',;:]+)")
+_EMAIL = re.compile(r"([^\s@<>\"',;:])[^@\s<>\"',;:]*@([^\s<>\"',;:]+)")  # any script: 用户@例子.中国
 
 
 def mask_addresses(text: str) -> str:

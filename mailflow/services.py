@@ -35,6 +35,7 @@ class PassReport:
     no_smtp: int = 0
     archived: int = 0
     pruned: int = 0
+    timers: int = 0
 
 
 def run_once(rt: Runtime, echo: Echo, err: Echo) -> PassReport:
@@ -75,6 +76,10 @@ def run_once(rt: Runtime, echo: Echo, err: Echo) -> PassReport:
                     rep.exit = EXIT_UNREACHABLE
                 finally:
                     w.close()
+            rep.timers = timers_pass(rt)  # after intake, as the daemon's scheduler would
+            if rep.timers:
+                echo(f"timers: {rep.timers} ticket(s) with reminders, escalations or auto-close")
+                sender.wake()
         finally:
             sender.finish()
             sender.thread.join()
@@ -93,6 +98,13 @@ def run_once(rt: Runtime, echo: Echo, err: Echo) -> PassReport:
         return rep
     finally:
         lock.close()
+
+
+def timers_pass(rt: Runtime) -> int:
+    """Everything time has made due (reminders, escalations, customer updates, auto-close), as of the
+    runtime's clock, in one batch; returns how many tickets had something fire."""
+    res = rt.pipeline.run_timers(rt.clock.now())
+    return sum(1 for r in res if r.fired or r.plan.route == "auto_close")
 
 
 def housekeeping(rt: Runtime) -> tuple[int, int]:

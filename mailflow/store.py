@@ -210,6 +210,9 @@ class Store:
         self._wake_of: dict[str, str] = {t["id"]: t["wake_at"] for t in self._table("tickets").values()
                                          if t.get("wake_at")}
         self._wakes: list[tuple[str, str]] = sorted((w, tid) for tid, w in self._wake_of.items())
+        # tickets from before the scheduler existed (no `wake_at` key yet): looked at on the first pass
+        self._unscheduled: set[str] = {t["id"] for t in self._table("tickets").values()
+                                       if "wake_at" not in t and t.get("status") != "closed"}
         self._meta: dict[str, str] = {m["key"]: k for k, m in self._table("meta").items()}
 
     def _index_message(self, doc_id: str, m: dict) -> None:
@@ -355,6 +358,7 @@ class Store:
     # ---- the scheduler's index: when each ticket must be looked at again -------------------------
 
     def _set_wake(self, tid: str, when: str | None, undo: bool = True) -> None:
+        self._unscheduled.discard(tid)
         old = self._wake_of.get(tid)
         if old == when:
             return
@@ -371,12 +375,14 @@ class Store:
 
     def next_wake(self) -> str | None:
         """The earliest instant (ISO) any hot ticket's timers need looking at, or None."""
+        if self._unscheduled:
+            return "0000"
         return self._wakes[0][0] if self._wakes else None
 
     def due_tickets(self, now: datetime, limit: int | None = None) -> list[str]:
         """Tickets whose wake-up time has come, earliest first (an index, not a scan of every ticket)."""
         cut = iso(now) or ""
-        out = []
+        out = sorted(self._unscheduled)[:limit]
         for w, tid in self._wakes:
             if w > cut or (limit is not None and len(out) >= limit):
                 break
