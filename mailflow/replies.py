@@ -204,8 +204,8 @@ _BLANK = re.compile(r"^[ \t\u3000\u00a0\u200b]*$")
 _RULE_LINE = re.compile(r"[-_=—─~*]{3,}")  # a decorative rule (fullmatch on the stripped line)
 _CLOSING = re.compile(r"(?:thanks|thank you|many thanks|regards|best regards|kind regards|warm regards|best|cheers|"
                       r"sincerely|br|谢谢|謝謝|多谢|此致|敬礼|祝好|顺祝商祺|顺颂商祺)[\s,，!！.。]*", re.I)
-_BANNER = re.compile(r"^\s*(?:\[?(?:caution|warning|external(?: email| sender)?|notice)\]?\s*[:：-]|【外部邮件】|\[外部邮件\]|"
-                     r"外部邮件\s*[:：])", re.I)
+_BANNER = re.compile(r"^\s*(?:\[(?:caution|warning|external|notice)[^\]]{0,20}\]|(?:caution|warning|external(?: email| sender)?|"
+                     r"notice)\s*[:：-]|【外部邮件】|\[外部邮件\]|外部邮件\s*[:：])", re.I)
 _BANNER_WORDS = re.compile(r"outside|external|外部", re.I)
 
 _ADDR = re.compile(r"[\w.+*-]+@[\w*-]+(?:\.[\w*-]+)+|\[mailto:|<[^<>\s]+@", re.I)
@@ -252,10 +252,10 @@ _INLINE_LABELS = re.compile(r"(?<!\S)(?:from|sent|date|to|subject|cc)\s*:", re.I
 
 # One pass over the text finds the lines worth a closer look (starts and ends that any row needs).
 _CANDIDATE = re.compile(
-    r"^[ \t\u3000]{0,8}(?:[-_=—─~*|]|[^\n:：|\t]{1,24}[:：|\t]|\d|"
+    r"^[ \t\u3000]{0,16}(?:[-_=—─~*|]|[^\n:：|\t]{1,24}[:：|\t]|\d|"
     r"(?:on|le|am|el|il|at|em|op|den|sent|get|download|begin|original|disclaimer|confidential|this|the|if|ticket|a new|"
     r"your|thank|here|we are|caution|warning|external)\b|"
-    r"[在於于发来從从發來获本此该免保工收您感很关【])|[:：][ \t]*$", re.I | re.M)
+    r"[在於于发来從从發來获本此该免保工收您感很关原【])|[:：][ \t]*$", re.I | re.M)
 
 
 def _norm(line: str) -> str:
@@ -375,7 +375,8 @@ class _Scan:
     def set_cut(self, i: int, rule: str, extend: bool = True) -> None:
         if extend:  # rule lines and blank lines right above a header belong to it (DingTalk, OWA)
             j = i - 1
-            while j >= 0 and not self.quoted(j) and (self.blank(j) or _RULE_LINE.fullmatch(_norm(self.lines[j]))):
+            while j >= 0 and not self.quoted(j) and (self.blank(j) or _RULE_LINE.fullmatch(_norm(self.lines[j]))
+                                                     or any(r.pattern.fullmatch(_norm(self.lines[j])) for r in _BARE_SEPARATORS)):
                 if not self.blank(j):
                     i = j
                 j -= 1
