@@ -723,6 +723,8 @@ def _analyse(lines: list[str], quote_marks: dict[int, str], drop_marks: dict[int
     cut, rule = scan.cut, scan.cut_rule
     if hard_cut and (cut is None or hard_cut[0] <= cut):
         cut, rule = hard_cut
+    if cut is not None:
+        cut = min(cut, len(lines))
     end = cut if cut is not None else len(lines)
     keep = [False] * len(lines)
     for i in range(end):
