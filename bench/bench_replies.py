@@ -87,8 +87,9 @@ def _norm(text: str | None) -> str:
     return "\n".join(line.rstrip() for line in (text or "").strip().split("\n")).strip()
 
 
-def corpus() -> list[tuple[str, str, str | None, bool, str, str]]:
-    """(name, text, html, is_reply, expected, group) for every case; .eml cases are parsed by mailflow."""
+def corpus() -> list[tuple[str, str, str | None, bool, str, str, tuple[str, ...]]]:
+    """(name, text, html, is_reply, expected, group, quoted snippets) for every case; .eml cases are
+    parsed by mailflow."""
     import yaml
 
     from mailflow.parse import html_to_text, parse_message
@@ -102,14 +103,14 @@ def corpus() -> list[tuple[str, str, str | None, bool, str, str]]:
         if "eml" in c:
             m = parse_message((data / "cases" / c["eml"]).read_bytes())
             reply = looks_like_reply(m.subject, m.in_reply_to, m.references)
-            out.append((path.name, m.text, m.html, reply, c["expected"], group))
+            out.append((path.name, m.text, m.html, reply, c["expected"], group, tuple(c.get("quoted") or ())))
         else:
             html = c.get("html")
             text = c.get("text") or (html_to_text(html) if html else "")
-            out.append((path.name, text, html, c["is_reply"], c["expected"], group))
+            out.append((path.name, text, html, c["is_reply"], c["expected"], group, tuple(c.get("quoted") or ())))
     public = yaml.safe_load((data / "public" / "expected.yaml").read_text(encoding="utf-8"))["cases"]
     for name, c in public.items():
-        out.append((name, (data / "public" / name).read_text(encoding="utf-8"), None, True, c["expected"], "public"))
+        out.append((name, (data / "public" / name).read_text(encoding="utf-8"), None, True, c["expected"], "public", ()))
     return out
 
 
@@ -151,7 +152,7 @@ def parsers() -> dict[str, Callable[[str, str | None, bool], str]]:
         import quotequail
 
         def qq(text: str, html: str | None, reply: bool) -> str:
-            parts = quotequail.quote(text)
+            parts = quotequail.quote(text, quote_intro_line=True)
             return "\n".join(t for shown, t in parts if shown)
 
         found["quotequail"] = qq
@@ -160,22 +161,37 @@ def parsers() -> dict[str, Callable[[str, str | None, bool], str]]:
     return found
 
 
+def _leaks(text: str, expected: str, got: str, quoted: tuple[str, ...]) -> bool:
+    """Did quoted material reach the output: a quoted snippet of the case, or a '>' line of the input?"""
+    exp = set(_norm(expected).split("\n"))
+    lines = set(_norm(got).split("\n"))
+    if any(q in got for q in quoted):
+        return True
+    for line in text.split("\n"):
+        body = line.lstrip(" \t>").strip()
+        if line.lstrip().startswith(">") and len(body) >= 6 and not {line.rstrip(), body} & exp:
+            if line.rstrip() in lines or body in lines:
+                return True
+    return False
+
+
 def compare(verbose: bool) -> int:
     cases = corpus()
     groups = ("zh", "en", "public")
     for name, fn in parsers().items():
         ok = dict.fromkeys(groups, 0)
         total = dict.fromkeys(groups, 0)
-        errors = 0
+        errors = leaks = 0
         misses = []
         t0 = time.perf_counter()
-        for case, text, html, reply, expected, group in cases:
+        for case, text, html, reply, expected, group, quoted in cases:
             total[group] += 1
             try:
                 got = fn(text, html, reply)
             except Exception as exc:  # a library that crashes on a case counts as wrong
                 errors += 1
                 got = f"<{type(exc).__name__}>"
+            leaks += _leaks(text, expected, got, quoted)
             if _norm(got) == _norm(expected):
                 ok[group] += 1
             else:
@@ -183,8 +199,8 @@ def compare(verbose: bool) -> int:
         secs = time.perf_counter() - t0
         n = sum(total.values())
         parts = " ".join(f"{g}={ok[g]}/{total[g]}" for g in groups)
-        print(f"{name:26} {sum(ok.values())}/{n} = {100 * sum(ok.values()) / n:5.1f}%  {parts}  crashes={errors} "
-              f"({secs:.2f} s)")
+        print(f"{name:26} {sum(ok.values())}/{n} = {100 * sum(ok.values()) / n:5.1f}%  {parts}  "
+              f"quote leaked in {leaks}  crashes={errors} ({secs:.2f} s)")
         if verbose:
             print("    misses: " + ", ".join(misses))
     return 0

@@ -179,7 +179,8 @@ HTML_RULES: tuple[tuple[str, str, str], ...] = (
     ("html:netease-mailmaster-quote", "quote", "NetEase Mail Master: div.ntes-mailmaster-quote"),
     ("html:yahoo-quoted", "quote", "Yahoo: div.yahoo_quoted, blockquote.iosymail"),
     ("html:quote-container", "quote", "Proton, Zoho, Tutanota, GMX quote containers"),
-    ("html:blockquote", "quote", "any other blockquote (not Gmail's border:none indent)"),
+    ("html:blockquote", "quote", "any other blockquote with a left border (not Gmail's border:none indent)"),
+    ("html:blockquote-plain", "quote", "a bare blockquote: quoted only below an attribution (Thunderbird indents with it)"),
     ("html:outlook-divRplyFwdMsg", "cut", "Outlook 2016+/OWA/new Outlook: #divRplyFwdMsg"),
     ("html:outlook-appendonsend", "cut", "Outlook 2016+/OWA: #appendonsend"),
     ("html:outlook-reference", "cut", "Outlook for Mac: #mail-editor-reference-message-container"),
@@ -379,7 +380,11 @@ class _Scan:
         return _BLANK.match(self.lines[i]) is not None
 
     def _base_quote(self, i: int) -> str:
-        return self.html_quote.get(i) or ("quote:>" if _QUOTE_LINE.match(self.lines[i]) else "")
+        """'>' lines and HTML quotes; a bare blockquote's lines are scanned like text (it may hold a header)."""
+        r = self.html_quote.get(i)
+        if r and r != _SOFT_BLOCKQUOTE:
+            return r
+        return "quote:>" if _QUOTE_LINE.match(self.lines[i]) else ""
 
     def quote_rule(self, i: int) -> str:
         """The rule that makes line i quoted, or "". Android Gmail wraps long quoted lines without '>':
@@ -719,6 +724,8 @@ class _Scan:
             if a >= end:
                 break
             b = min(b, end)
+            if rule == _SOFT_BLOCKQUOTE and a not in self.attributed:
+                continue
             if not self.is_reply:
                 ok = a in self.attributed or (prev_ok and all(self.blank(x) for x in range(prev_end, a)))
                 prev_ok, prev_end = ok, b
@@ -860,6 +867,8 @@ _CUT_IDS = {"divrplyfwdmsg": ("html:outlook-divRplyFwdMsg", False), "appendonsen
             "replysplit": ("html:139-replySplit", False), "reply139content": ("html:139-replySplit", False),
             "original-content": ("html:qq-original-content", True), "zwchr": ("html:zimbra", True)}
 _MAX_STACK = 512
+# a blockquote without a quoting attribute: quoted only when an attribution line introduces it
+_SOFT_BLOCKQUOTE = "html:blockquote-plain"
 
 
 class _Stop(Exception):
@@ -916,7 +925,7 @@ class _QuoteHTML(HTMLParser):
 
     def _role_for(self, tag: str, attrs: list[tuple[str, str | None]]) -> tuple[str, str] | None:
         if not attrs:
-            return ("quote", "html:blockquote") if tag == "blockquote" else None
+            return ("quote", _SOFT_BLOCKQUOTE) if tag == "blockquote" else None
         a = {k: (v or "") for k, v in attrs}
         classes = a.get("class", "").lower().split()
         ident = a.get("id", "").lower().strip()
@@ -948,7 +957,9 @@ class _QuoteHTML(HTMLParser):
                 return ("quote", "html:blockquote-cite")
             if "border:none" in style and "border-left" not in style:
                 return None  # Gmail's "indent more"
-            return ("quote", "html:blockquote")
+            if "border-left" in style:
+                return ("quote", "html:blockquote")
+            return ("quote", _SOFT_BLOCKQUOTE)  # Thunderbird's "indent" makes these too
         return None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
