@@ -236,6 +236,8 @@ _LABELS = {
                 "onderwerp", "ämne", "emne"),
     "reply-to": ("reply-to", "reply to", "回复至", "回覆至"),
 }
+
+
 def _label_key(label: str) -> str:
     label = label.strip().lower()
     return " ".join(label.split()) if label.isascii() else "".join(label.split())
@@ -266,7 +268,7 @@ _WRAP_END = frozenset(".?!。？！:：;； \t")
 MAX_CANDIDATES = 5000  # candidate lines examined per body: bounds hostile input (a colon on every line)
 _RULE_CHARS = frozenset("-—─_=~*")
 _MOBILE_FIRST = frozenset("sgd发来從从發來获")
-_NOTIFY_FIRST = frozenset("工收您感很关tay")
+_NOTIFY_FIRST = frozenset("工收您感很关tayhw")  # first letters of the _NOTIFICATIONS rows
 _BARE_WORDS = frozenset({"original", "original message", "原始邮件", "原始郵件"})
 _FORWARD_HINT = re.compile(r"forward|转发|轉寄|轉發|weitergeleitet|transf", re.I)
 _FORWARD_STARTS = ("begin forwarded", "开始转发", "以下是转发")
@@ -330,16 +332,27 @@ class Extraction:
         head = (f"source={self.source} is_reply={self.is_reply} quoted={self.quoted} rule={self.rule} "
                 f"cut_line={None if self.cut_line is None else self.cut_line + 1}")
         out = [head]
-        for i, line in enumerate(self.lines[:limit]):
+        shown = list(range(min(limit, len(self.lines))))
+        if self.cut_line is not None and self.cut_line >= limit:  # a late cut: show its neighbourhood too
+            shown += range(max(limit, self.cut_line - 5), min(len(self.lines), self.cut_line + 5))
+        prev = -1
+        for i in shown:
+            if i != prev + 1:
+                out.append(f"{'':5} ... {i - prev - 1} lines")
+            prev = i
             if self.cut_line is not None and i == self.cut_line:
                 out.append(f"{'':5} ✂---- cut here by {self.rule}: this line and everything below is not new text")
+            line = self.lines[i]
             text = line if len(line) <= 100 else line[:97] + "..."
-            note = f"    <- {why[i]}" if i in why and not (self.cut_line == i) else ""
+            note = f"    <- {why[i]}" if i in why and self.cut_line != i else ""
             out.append(f"{i + 1:4} {mark[i]} | {text}{note}")
-        if len(self.lines) > limit:
-            out.append(f"... {len(self.lines) - limit} more lines")
+        if prev < len(self.lines) - 1:
+            out.append(f"{'':5} ... {len(self.lines) - 1 - prev} more lines")
         out.append("---- new_text ----")
-        out.append(self.new_text if self.new_text else "(empty)")
+        shown_text = self.new_text[:2000]
+        if len(self.new_text) > 2000:
+            shown_text += f"\n... ({len(self.new_text) - 2000} more characters)"
+        out.append(shown_text if self.new_text else "(empty)")
         return "\n".join(out)
 
 
