@@ -75,6 +75,7 @@ _SEPARATORS = (
     _row("netease-mailmaster-en", "separator", r"-{2,}\s*replied message\s*-{2,}", "NetEase Mail Master in English"),
     _row("thunderbird-original-zh", "separator", r"-{2,}\s*(?:原始信息|原始消息|原邮件|原郵件)\s*-{2,}",
          "Thunderbird zh, Android and HarmonyOS mail"),
+    _row("zoho-wrote", "separator", r"-{2,}\s*(?:on .{5,200} wrote|在.{5,200}写道)\s*-{2,}", "Zoho Mail (en, zh)"),
     _row("original-message-eu", "separator",
          r"-{2,}\s*(?:ursprüngliche nachricht|message d'origine|mensaje original|messaggio originale|"
          r"mensagem original|oorspronkelijk bericht)\s*-{2,}", "Outlook de/fr/es/it/pt/nl"),
@@ -90,8 +91,8 @@ _BARE_SEPARATORS = (
 # Forwarded mail is content the sender chose to pass on: its header block is not a quote.
 _FORWARDS = (
     _row("forward", "forward",
-         r"-{2,}\s*(?:forwarded message|转发邮件|轉寄郵件|轉發郵件|转发的邮件|转发的原邮件|转发邮件信息|"
-         r"weitergeleitete nachricht|message transf[ée]r[ée])\s*-{2,}|begin forwarded message\s*:|"
+         r"[-=]{2,}\s*(?:forwarded message|转发邮件|轉寄郵件|轉發郵件|转发的邮件|转发的原邮件|转发邮件信息|"
+         r"weitergeleitete nachricht|message transf[ée]r[ée])\s*[-=]{2,}|begin forwarded message\s*:|"
          r"开始转发的邮件\s*[:：]|以下是转发的邮件\s*[:：]?",
          "Gmail, Thunderbird, Apple Mail, QQ, NetEase forwards"),
 )
