@@ -55,3 +55,5 @@ class Message:
     size: int  # raw size in bytes
     defects: list[str] = field(default_factory=list)  # what was odd but survivable
     headers: dict[str, str] = field(default_factory=dict)  # selected raw headers, decoded, lowercase keys
+    quote_rule: str | None = None  # the replies.py row that cut the quote ("qq-original-zh-CN", "html:gmail-quote")
+    quoted: bool = False  # a quote was found; with new_text == "" the mail is only a quote

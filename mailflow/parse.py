@@ -30,6 +30,7 @@ from functools import lru_cache
 from html.parser import HTMLParser
 from typing import TypeVar
 
+from mailflow import replies
 from mailflow.model import Attachment, AuthResult, Message
 
 __all__ = ["ParseError", "parse_message", "html_to_text", "extract_new_text", "clean_subject",
@@ -373,58 +374,10 @@ def detect_language(text: str, charset: str | None = None) -> str:
     return "zh-Hant" if charset and _codec(charset) in ("cp950", "big5hkscs", "big5") else "zh"
 
 
-_QUOTED_LINE = re.compile(r"^\s*>")
-_WROTE_LINE = re.compile(r"(\bwrote\s*:|写道\s*[:：]|寫道\s*[:：]|schrieb\s*:|a écrit\s*:)\s*$", re.I)
-_ATTRIB_START = re.compile(r"^\s*(on|在|於|am|le)\b|^\s*(在|於)", re.I)
-_SEPARATOR_LINE = re.compile(
-    r"^\s*(?:-{2,}\s*(?:original message|原始邮件|原始郵件|原邮件|原郵件)\s*-{2,}|_{10,})\s*$", re.I)
-_HDR_FROM = re.compile(r"^\s*\*?\s*(?:from|发件人|寄件者|寄件人)\s*\*?\s*[:：]", re.I)
-_HDR_SENT = re.compile(
-    r"^\s*\*?\s*(?:sent|date|发送时间|发送日期|日期|时间|寄件日期|傳送時間|發送時間)\s*\*?\s*[:：]", re.I)
-_SIGNATURE = re.compile(r"^--\s?$")
-
-
-def _attribution_span(lines: list[str], i: int) -> int:
-    """Lines taken by an 'On ... wrote:' / '在 ... 写道：' line (Gmail wraps it over up to 3 lines)."""
-    if _WROTE_LINE.search(lines[i]) and (_ATTRIB_START.search(lines[i]) or "写道" in lines[i]
-                                         or "寫道" in lines[i]):
-        return 1
-    if _ATTRIB_START.search(lines[i]):
-        for j in range(i + 1, min(i + 3, len(lines))):
-            if not lines[j].strip():
-                break
-            if _WROTE_LINE.search(lines[j]):
-                return j - i + 1
-    return 0
-
-
-def _find_cut(lines: list[str]) -> tuple[int, int]:
-    """(index of the first quote separator or signature, lines an attribution spans or 0)."""
-    for i, line in enumerate(lines):
-        if _SIGNATURE.match(line) or _SEPARATOR_LINE.match(line):
-            return i, 0
-        if _HDR_FROM.match(line) and any(_HDR_SENT.match(nxt) for nxt in lines[i + 1:i + 4]):
-            return i, 0
-        span = _attribution_span(lines, i)
-        if span:
-            return i, span
-    return len(lines), 0
-
-
-def extract_new_text(text: str) -> str:
-    """The sender's own words: above the first quote separator, without '>' lines or a '-- ' signature.
-
-    A bottom-posted reply ('On ... wrote:' then quoted lines then the answer) has nothing above the
-    separator, so then the unquoted lines below the attribution are taken instead.
-    """
-    lines = text.split("\n")
-    cut, span = _find_cut(lines)
-    new = "\n".join(ln for ln in lines[:cut] if not _QUOTED_LINE.match(ln)).strip()
-    if new or not span:
-        return new
-    rest = [ln for ln in lines[cut + span:] if not _QUOTED_LINE.match(ln)]
-    cut2, _ = _find_cut(rest)
-    return "\n".join(rest[:cut2]).strip()
+def extract_new_text(text: str, html: str | None = None, is_reply: bool = True) -> str:
+    """The sender's own words (thin wrapper over `replies.extract`, kept for old callers): "" when the
+    mail is only a quote. `is_reply=True` keeps the old, eager cutting for callers that pass text only."""
+    return replies.extract(text, html, is_reply).new_text
 
 
 # --------------------------------------------------------------------------------------------------
@@ -970,14 +923,19 @@ class _Parse:
             self.defects.append("missing Message-ID; synthesised")
         parts = self.body_parts()
         text, html = self.guard("body", lambda: self.body(parts), ("", None))
-        new_text = self.guard("new_text", lambda: extract_new_text(text), text)
+        in_reply_to = self.guard("in-reply-to", lambda: self.ids("in-reply-to"), [])
+        references = self.guard("references", lambda: self.ids("references"), [])
+        # an extraction that fails keeps nothing: leaking a quoted staff notification is worse than ""
+        quote = self.guard("new_text", lambda: replies.extract(
+            text, html, replies.looks_like_reply(subject, in_reply_to, references)), None)
+        new_text = quote.new_text if quote else ""
         report_type = self.guard("report-type", self.report_type, None)
         auto = self.guard("auto_kind", lambda: _auto_kind(self.h, from_addr, subject, parts, report_type), None)
         bounced = auto == "bounce"
         reply_to = self.addrs("reply-to")
         fields = {
-            "in_reply_to": self.guard("in-reply-to", lambda: self.ids("in-reply-to"), []),
-            "references": self.guard("references", lambda: self.ids("references"), []),
+            "in_reply_to": in_reply_to,
+            "references": references,
             "date": self.guard("date", lambda: _parse_date(self.header("date")), None),
             "bounce_message_ids": self.guard("bounce ids", lambda: _bounce_message_ids(parts, text), [])
             if bounced else [],
@@ -998,6 +956,8 @@ class _Parse:
             clean_subject=clean_subject(subject, self.prefix),
             text=text,
             new_text=new_text,
+            quote_rule=quote.rule if quote else None,
+            quoted=quote.quoted if quote else False,
             html=html,
             language=detect_language(subject + "\n" + (new_text or text),
                                      charset=parts.charsets[0] if parts.charsets else None),

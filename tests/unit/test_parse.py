@@ -396,6 +396,7 @@ def test_qq_mail_reply() -> None:
     assert m.clean_subject == "订单退款问题"
     assert m.ticket_ids == ["CW202611220001"]
     assert m.new_text == "还是没有收到退款，请再查一下。"
+    assert m.quote_rule == "qq-original-zh-CN" and m.quoted
     assert m.in_reply_to == ["mailflow.cw202611220001.r1@helpdesk.example"]
     assert m.references == ["first@qq.example", "mailflow.cw202611220001.r1@helpdesk.example"]
 
@@ -435,6 +436,23 @@ def test_gmail_en_reply_with_wrapped_attribution_and_signature() -> None:
 
 def test_bottom_posted_reply() -> None:
     assert data("reply-bottom-posted.eml").new_text == "Yes, it did. Thanks."
+
+
+def test_reply_that_is_only_a_quote_has_empty_new_text() -> None:
+    raw = (b"From: ann@customer.example\nTo: support@helpdesk.example\nSubject: Re: [CW202611220011] Question\n"
+           b"Message-ID: <only-quote@customer.example>\nIn-Reply-To: <x@helpdesk.example>\n\n"
+           b"On Sun, Nov 22, 2026 at 3:00 PM Support <support@helpdesk.example> wrote:\n> Did the update help?\n")
+    m = parse_message(raw)
+    assert m.new_text == "" and m.quoted and m.quote_rule == "gmail-en"
+    assert "Did the update help?" in m.text
+
+
+def test_first_mail_keeps_a_pasted_shipping_block() -> None:
+    body = "退货已寄出：\n寄件人：李四\n收件人：售后服务中心\n时间：2026-11-23 14:30\n请查收。\n"
+    raw = ("From: li@customer.example\nTo: support@helpdesk.example\nSubject: 退货\nMessage-ID: <ship@c.example>\n"
+           "Content-Type: text/plain; charset=utf-8\n\n" + body).encode()
+    m = parse_message(raw)
+    assert m.new_text == body.strip() and not m.quoted and m.quote_rule is None
 
 
 @pytest.mark.parametrize(("text", "new"), [
