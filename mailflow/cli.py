@@ -239,12 +239,16 @@ def demo(ctx: click.Context, obj: Ctx) -> None:
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--explain", is_flag=True, help="Also show the body and where the quoted part was cut, by which rule.")
 @click.pass_obj
-def simulate(obj: Ctx, files: tuple[Path, ...], as_json: bool) -> None:
-    """Show what mailflow would do with each mail, without touching the database or sending."""
+def simulate(obj: Ctx, files: tuple[Path, ...], as_json: bool, explain: bool) -> None:
+    """Show what mailflow would do with each mail, without touching the database or sending.
+
+    Example: `mailflow simulate --explain reply.eml` (as of another time: `mailflow --now
+    2026-11-24T12:00+08:00 simulate some.eml`)."""
     from mailflow.simulate import simulate_files
 
-    out = simulate_files(obj.pipeline(), list(files), now=obj.clock.now())
+    out = simulate_files(obj.pipeline(), list(files), now=obj.clock.now(), explain=explain)
     if as_json:
         click.echo(json.dumps(out, ensure_ascii=False, indent=2, default=str))
         return
@@ -270,6 +274,13 @@ def simulate(obj: Ctx, files: tuple[Path, ...], as_json: bool) -> None:
             click.echo(f"  note: {n}")
         for m in r.get("mails", []):
             click.echo(f"  would send: {m['template']} to {', '.join(m['to'])}: {m['subject']}")
+        for tm in r.get("timers", []):
+            click.echo(f"  timers: {', '.join(tm['fired']) or '-'}" + (f" (waiting for working hours: "
+                       f"{', '.join(tm['deferred'])})" if tm["deferred"] else ""))
+        if r.get("explain"):
+            click.echo("  body (where the quote was cut):")
+            for line in r["explain"].splitlines():
+                click.echo(f"    {line}")
 
 
 # ---- tickets ----------------------------------------------------------------------------------

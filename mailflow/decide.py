@@ -87,7 +87,7 @@ class Decider:
                  open_counts: dict[str, int] | None = None) -> Evaluation:
         """Rules for a new message against the current database; `simulate` calls exactly this."""
         staff = self.cfg.staff
-        text = msg.new_text or msg.text  # a first mail's own words; a forwarded chain counts too
+        text = msg.new_text  # the sender's own words (a forward keeps what it forwards); never a quote
         mentioned = features.mentioned_staff(f"{msg.subject}\n{text}", staff)
         stats = self.store.customer_stats(msg.from_addr, now)
         facts = {

@@ -137,7 +137,7 @@ class Outbox:
                 "resolution_hours": sla.get("resolution_hours"),
             },
             "message": {
-                "text": (msg.new_text or msg.text) if msg else "",
+                "text": msg.new_text if msg else "",
                 "from": msg.from_addr if msg else "",
                 "subject": msg.subject if msg else "",
             },

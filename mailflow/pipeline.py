@@ -186,8 +186,7 @@ class Pipeline:
             st.add_ticket(dict(plan.new_ticket))
             touched.add(plan.new_ticket["id"])
         if plan.record and msg is not None and it is not None:
-            first = plan.new_ticket is not None  # a first mail's words: a forwarded chain is the request
-            self._add_message(msg, it, plan.record, plan.record_kind, now, first=first)
+            self._add_message(msg, it, plan.record, plan.record_kind, now)
         for tid, fields in plan.updates:
             if st.ticket(tid) is not None:
                 st.update_ticket(tid, fields)
@@ -285,8 +284,7 @@ class Pipeline:
         m = ins[-1] if ins else {}
         return {"text": m.get("text", ""), "from": m.get("from", ""), "subject": m.get("subject", "")}
 
-    def _add_message(self, msg: Message, it: Incoming, tid: str, kind: str, now: datetime,
-                     first: bool = False) -> None:
+    def _add_message(self, msg: Message, it: Incoming, tid: str, kind: str, now: datetime) -> None:
         atts = []
         for i, a in enumerate(msg.attachments):
             entry = {"filename": a.filename, "content_type": a.content_type, "size": a.size, "path": None}
@@ -305,8 +303,8 @@ class Pipeline:
             "direction": "in", "kind": kind, "from": msg.from_addr, "from_name": msg.from_name,
             "to": msg.to, "cc": msg.cc, "subject": msg.subject,
             "date": iso(msg.date) if msg.date else iso(now), "received_at": iso(now),
-            "text": (msg.new_text or msg.text) if first else msg.new_text, "language": msg.language, "spool": it.spool_rel,
-            "mailbox": it.mailbox, "uid": it.uid, "attachments": atts,
+            "text": msg.new_text, "language": msg.language, "spool": it.spool_rel,
+            "mailbox": it.mailbox, "uid": it.uid, "attachments": atts, "quote_rule": msg.quote_rule,
         })
 
 

@@ -19,7 +19,7 @@ class _Rollback(Exception):
 
 
 def simulate_raw(p: Pipeline, raw: bytes, label: str = "", mailbox: str | None = None,
-                 now: datetime | None = None) -> dict:
+                 now: datetime | None = None, explain: bool = False) -> dict:
     out: dict = {"file": label}
     try:
         msg = parse_message(raw, prefix=p.cfg.prefix)
@@ -29,8 +29,12 @@ def simulate_raw(p: Pipeline, raw: bytes, label: str = "", mailbox: str | None =
         "from": msg.from_addr, "to": msg.to, "subject": msg.subject, "clean_subject": msg.clean_subject,
         "language": msg.language, "message_id": msg.message_id, "auto_kind": msg.auto_kind,
         "ticket_ids": msg.ticket_ids, "attachments": [a.filename for a in msg.attachments],
-        "is_spam": msg.is_spam, "text": msg.new_text[:500],
+        "is_spam": msg.is_spam, "text": msg.new_text[:500], "quote_rule": msg.quote_rule,
     }
+    if explain:
+        from mailflow.replies import explain_message
+
+        out["explain"] = explain_message(msg)
     now = now or p.clock.now()
     it = Incoming(raw, mailbox)
     p.dry = True
@@ -80,5 +84,6 @@ def simulate_raw(p: Pipeline, raw: bytes, label: str = "", mailbox: str | None =
     return out
 
 
-def simulate_files(p: Pipeline, files: list[Path], now: datetime | None = None) -> list[dict]:
-    return [simulate_raw(p, f.read_bytes(), str(f), now=now) for f in files]
+def simulate_files(p: Pipeline, files: list[Path], now: datetime | None = None,
+                   explain: bool = False) -> list[dict]:
+    return [simulate_raw(p, f.read_bytes(), str(f), now=now, explain=explain) for f in files]
