@@ -147,11 +147,16 @@ def init(directory: str, force: bool) -> None:
 
 
 @main.command()
+@click.option("--connect", is_flag=True, help="Also log in to every mailbox and SMTP server and report each.")
 @click.pass_obj
-def check(obj: Ctx) -> None:
-    """Validate the config, compile every rule file and render every template; exit 1 on any error."""
-    from mailflow.render import check_templates
-    from mailflow.rules import check_rules
+def check(obj: Ctx, connect: bool) -> None:
+    """Validate the config, compile every rule file and render every template; exit 1 on any error.
+
+    Warnings (exit status unchanged) name holiday data that is missing for the coming weeks and SLA
+    numbers that now mean business hours. Example: `mailflow check --connect`."""
+    from mailflow import sla
+    from mailflow.render import TemplateError, Templates, check_templates
+    from mailflow.rules import RuleError, RuleSet, check_rules
 
     try:
         cfg = config_mod.load(obj.config_path)
@@ -159,13 +164,72 @@ def check(obj: Ctx) -> None:
         for p in e.problems:
             click.echo(p, err=True)
         sys.exit(1)
+    fname = obj.config_path or "(embedded defaults)"
     problems = [*check_rules(cfg.rules_dir), *check_templates(cfg.templates_dir)]
+    if not problems:  # every template a rule names must exist
+        try:
+            names = Templates.load(cfg.templates_dir).names()
+            for file, rule, template in RuleSet.load(cfg.rules_dir).templates_used():
+                if template not in names:
+                    problems.append(f"{file}: {rule}: template {template!r} does not exist in {cfg.templates_dir}")
+        except (RuleError, TemplateError) as e:
+            problems += e.problems
     for p in problems:
         click.echo(p, err=True)
-    if problems:
+    today = obj.clock.now().astimezone(cfg.tz).date()
+    for w in sla.makeup_warnings(cfg.calendars, today, fname):
+        click.echo(f"warning: {w}", err=True)
+    if cfg.policy.plain_numbers:
+        day = cfg.policy.calendar_for("normal").day_seconds() / 3600
+        click.echo(f"warning: {fname}: sla: a plain number is a number of business hours now (not wall-clock "
+                   f'hours; one working day is {day:g} h): write "3d" for three working days', err=True)
+    failed = _check_connections(cfg) if connect else 0
+    if problems or failed:
         sys.exit(1)
-    click.echo(f"ok: config {obj.config_path or '(embedded defaults)'}, {len(cfg.mailboxes)} mailbox(es), "
+    click.echo(f"ok: config {fname}, {len(cfg.mailboxes)} mailbox(es), "
                f"rules {cfg.rules_dir}, templates {cfg.templates_dir}")
+
+
+def _check_connections(cfg: config_mod.Config) -> int:
+    """Log in to every mailbox (IMAP) and every SMTP server once; one line each. Returns failures."""
+    import asyncio as aio
+
+    from mailflow.fetch import FetchError, ImapSource
+    from mailflow.send import SmtpSender
+
+    failed = 0
+    for mb in cfg.mailboxes:
+        src = ImapSource(mb)
+        try:
+            src.connect()
+            click.echo(f"mailbox {mb.name}: ok ({mb.user}@{mb.host}:{mb.port}, {mb.folder}, "
+                       f"uidvalidity {src.uidvalidity})")
+        except (FetchError, config_mod.ConfigError) as e:
+            failed += 1
+            why = e.reason if isinstance(e, FetchError) else "; ".join(e.problems)
+            click.echo(f"mailbox {mb.name}: FAILED: {why}", err=True)
+        finally:
+            src.close()
+    servers = {id(s): (name, s) for name, s in [("smtp", cfg.smtp), *((f"mailbox {m.name} smtp", m.smtp)
+                                                                        for m in cfg.mailboxes)] if s}
+
+    async def one(s) -> str | None:
+        sender = SmtpSender(s)
+        try:
+            return await sender._connect()
+        finally:
+            await sender.close()
+
+    for name, s in servers.values():
+        why = aio.run(one(s))
+        if why:
+            failed += 1
+            click.echo(f"{name}: FAILED: {s.host}:{s.port}: {why}", err=True)
+        else:
+            click.echo(f"{name}: ok ({s.host}:{s.port}, tls {s.tls}{', user ' + s.user if s.user else ''})")
+    if not cfg.smtp and not any(m.smtp for m in cfg.mailboxes):
+        click.echo("smtp: not configured (answers wait in the outbox)")
+    return failed
 
 
 # ---- running ----------------------------------------------------------------------------------
@@ -300,24 +364,62 @@ def tickets() -> None:
     """List and show tickets."""
 
 
+def _duration(value: str) -> float:
+    """`--due-within 2h` / `30m` / `1d` (wall-clock) -> seconds."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([mhd])\s*", value or "")
+    if not m:
+        raise click.BadParameter(f"{value!r}: give a duration like 30m, 2h or 1d", param_hint="--due-within")
+    return float(m.group(1)) * {"m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
 @tickets.command("list")
 @click.option("--status", type=click.Choice(["new", "open", "pending", "resolved", "closed"]))
+@click.option("--overdue", is_flag=True, help="Only tickets with a running SLA clock past its due time.")
+@click.option("--due-within", "due_within", metavar="DURATION",
+              help="Only tickets with a running SLA clock due within this time (30m, 2h, 1d).")
+@click.option("--breached", type=click.Choice(["first_response", "next_response", "resolution"]),
+              help="Only tickets whose clock breached its target (running or stopped).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def tickets_list(obj: Ctx, status: str | None, as_json: bool) -> None:
+def tickets_list(obj: Ctx, status: str | None, overdue: bool, due_within: str | None, breached: str | None,
+                 as_json: bool) -> None:
+    """Hot tickets (open and recently closed), oldest id first; filters combine.
+
+    Example: `mailflow tickets list --overdue` or `mailflow tickets list --due-within 2h --json`."""
+    from mailflow import slaclock
+    from mailflow.cliutil import Column, echo_table
+
     store = obj.store()
-    rows = [_ticket_summary(t, store) for t in sorted(store.all_tickets(), key=lambda t: t["id"])
-            if status is None or t.get("status") == status]
+    now = obj.clock.now()
+    horizon = _duration(due_within) if due_within else None
+    rows = []
+    for t in sorted(store.all_tickets(), key=lambda t: t["id"]):
+        if status is not None and t.get("status") != status:
+            continue
+        if overdue or horizon is not None or breached:
+            clocks = slaclock.clocks_of(t, obj.cfg, now)
+            running = [c for n, c in clocks.items() if n != "update" and c.running]
+            if overdue and not any(c.breached for c in running):
+                continue
+            if horizon is not None and not any(c.due and 0 <= (c.due - now).total_seconds() <= horizon
+                                               for c in running):
+                continue
+            if breached and not clocks[breached].breached:
+                continue
+        rows.append(_ticket_summary(t, store))
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return
-    if not rows:
-        click.echo("no tickets")
-        return
-    click.echo(f"{'ID':16} {'STATUS':8} {'PRIORITY':8} {'CATEGORY':10} {'TEAM':18} {'MSGS':>4}  CUSTOMER / SUBJECT")
     for r in rows:
-        click.echo(f"{r['id']:16} {r['status']:8} {r['priority'] or '-':8} {r['category'] or '-':10} "
-                   f"{r['team'] or '-':18} {r['message_count']:>4}  {r['customer_email']}: {r['subject']}")
+        r["due"] = ((store.ticket(r["id"]) or {}).get("sla") or {}).get(
+            "first_response_due" if not store.ticket(r["id"]).get("first_response_at") else "resolution_due")
+    echo_table(rows, [Column("id", "ID"), Column("status", "STATUS"), Column("priority", "PRIORITY"),
+                      Column("category", "CATEGORY"), Column("assignee", "ASSIGNEE", shrink=True),
+                      Column("due", "DUE", kind="time"), Column("message_count", "MSGS", kind="number"),
+                      Column("customer_email", "CUSTOMER", shrink=True), Column("subject", "SUBJECT", shrink=True)],
+               tz=obj.cfg.tz, empty="no tickets")
 
 
 @tickets.command("show")
@@ -328,7 +430,7 @@ def tickets_show(obj: Ctx, ticket_id: str, as_json: bool) -> None:
     """One ticket (hot or archived): fields, SLA, and its timeline of messages and changes."""
     from mailflow import services
 
-    out = services.ticket_view(obj.store(), ticket_id)
+    out = services.ticket_view(obj.store(), ticket_id, obj.cfg, obj.clock.now())
     if out is None:
         raise click.ClickException(f"no ticket {ticket_id}")
     if as_json:
@@ -343,6 +445,14 @@ def tickets_show(obj: Ctx, ticket_id: str, as_json: bool) -> None:
     sla = out.get("sla") or {}
     click.echo(f"first response due: {_local(sla.get('first_response_due'), tz)}  "
                f"resolution due: {_local(sla.get('resolution_due'), tz)}")
+    for name, c in (sla.get("clocks") or {}).items():
+        if c["state"] == "idle":
+            continue
+        paused = "; paused " + ", ".join(f"{_local(a, tz)}-{_local(b, tz) if b else 'now'}"
+                                        for a, b in c["paused"]) if c["paused"] else ""
+        verdict = "breached" if c["breached"] else "met" if c["met"] else "in time"
+        click.echo(f"  {name.replace('_', ' ')}: {c['state']}, due {_local(c['due'], tz)}, "
+                   f"{c['elapsed_hours']:g} of {c['target_hours']:g} business hours ({verdict}){paused}")
     extra = [f"{k.replace('_', ' ')}: {v if not isinstance(v, list) else ', '.join(map(str, v))}"
              for k, v in (("rating", out.get("rating")), ("reopen_count", out.get("reopen_count")),
                           ("merged_into", out.get("merged_into")), ("merged_from", out.get("merged_from")),
@@ -372,6 +482,29 @@ def _local(s: str | None, tz) -> str:
 
     d = parse_iso(s)
     return d.astimezone(tz).strftime("%Y-%m-%d %H:%M") if d else "-"
+
+
+# ---- sla --------------------------------------------------------------------------------------
+
+@main.group("sla")
+def sla_group() -> None:
+    """SLA clocks: how due times are computed."""
+
+
+@sla_group.command("explain")
+@click.argument("ticket_id")
+@click.pass_obj
+def sla_explain(obj: Ctx, ticket_id: str) -> None:
+    """Step by step how each due time of a ticket was computed: calendar, holidays skipped, pauses.
+
+    Example: `mailflow sla explain CW202611240001` (as of another time: `--now 2026-11-25T09:00+08:00`)."""
+    from mailflow import services
+
+    t, _msgs, _arch = services.find_ticket(obj.store(), ticket_id)
+    if t is None:
+        raise click.ClickException(f"no ticket {ticket_id}")
+    for line in services.explain_sla(t, obj.cfg, obj.clock.now()):
+        click.echo(line)
 
 
 # ---- quarantine -------------------------------------------------------------------------------

@@ -380,12 +380,14 @@ def load(path: str | os.PathLike | None = None) -> Config:
 
 def defaults(base: Path | None = None) -> Config:
     base = base or Path.cwd()
-    return Config(
+    cfg = Config(
         path=None,
         data_dir=Path(os.environ.get("MAILFLOW_DATA_DIR", str(base / "mailflow-data"))).resolve(),
         rules_dir=resources.bundled_rules(),
         templates_dir=resources.bundled_templates(),
     )
+    cfg.calendars, cfg.sla = _sla_policy({}, cfg.timezone, [], "(defaults)")
+    return cfg
 
 
 def from_dict(data: dict, fname: str, base: Path, path: Path | None = None) -> Config:

@@ -1519,6 +1519,18 @@ class RuleSet:
         fired = sorted({idx for fid, idx in hits if fid in ids})
         return st.result(fired)
 
+    def templates_used(self) -> list[tuple[str, str, str]]:
+        """(stage file, rule, template) for every template a rule names (notify, ack_template,
+        customer_update): `check` makes sure each exists."""
+        out = []
+        for st in self._stages.values():
+            for r in st.rules:
+                for action, value in r.actions:
+                    name = value.get("template") if isinstance(value, dict) else value
+                    if action in ("notify", "ack_template", "customer_update") and isinstance(name, str):
+                        out.append((st.file, r.name, name))
+        return out
+
     def anytime(self, stage: str) -> set[str]:
         """Rules of `stage` that may act outside working hours (`anytime: true`)."""
         return {r.name for r in self._get(stage).rules if r.anytime}

@@ -205,8 +205,9 @@ def timeline(t: dict, messages: list[dict]) -> list[dict]:
     return sorted(out, key=lambda x: (x.get("at") or "", order[x["type"]]))
 
 
-def ticket_view(store: Store, tid: str) -> dict | None:
-    """What `tickets show --json` prints: the ticket, its conversation and its timeline."""
+def ticket_view(store: Store, tid: str, cfg=None, now=None) -> dict | None:
+    """What `tickets show --json` prints: the ticket, its conversation, its timeline and (with `cfg`)
+    every SLA clock as of `now`."""
     t, msgs, archived = find_ticket(store, tid)
     if t is None:
         return None
@@ -228,4 +229,62 @@ def ticket_view(store: Store, tid: str) -> dict | None:
                         "kind": m.get("kind"), "message_id": m["message_id"],
                         "attachments": m.get("attachments", [])} for m in msgs]
     out["timeline"] = timeline(t, msgs)
+    if cfg is not None and now is not None:
+        out["sla"] = dict(out.get("sla") or {}, clocks=clock_views(t, cfg, now))
     return out
+
+
+def clock_views(t: dict, cfg, now) -> dict[str, dict]:
+    """Each SLA clock as `tickets show` lists it, as of `now`: state, due, business time used and
+    allowed (hours), paused spans, met/breached."""
+    from mailflow import slaclock
+
+    out = {}
+    for name, c in slaclock.clocks_of(t, cfg, now).items():
+        out[name] = {
+            "state": c.state, "cycle": c.cycle, "calendar": c.calendar.name if c.calendar else None,
+            "started_at": iso(c.started_at), "due": iso(c.due), "stopped_at": iso(c.stopped_at),
+            "target_hours": round((c.target_seconds or 0) / 3600, 2),
+            "elapsed_hours": round(c.elapsed_seconds / 3600, 2),
+            "paused": [[iso(a), iso(b)] for a, b in c.paused_spans],
+            "breached": c.breached, "met": c.state == "met",
+        }
+    return out
+
+
+def explain_sla(t: dict, cfg, now) -> list[str]:
+    """`mailflow sla explain ID`: step by step how each due time was computed."""
+    from mailflow import sla, slaclock
+
+    cal = slaclock.calendar_of(t, cfg)
+    lines = [f"ticket {t['id']}: priority {t.get('priority')}, tier {slaclock.tier_of(t, cfg)}, "
+             f"category {t.get('category') or '-'}, calendar {cal.name} ({cal.tz.key})"]
+    targets = cfg.policy.targets(t.get("priority"), slaclock.tier_of(t, cfg), t.get("category"), t.get("mailbox"))
+    lines.append("targets (business time): " + ", ".join(f"{k} {sla.fmt_duration(v)}" for k, v in targets.items()))
+    lines.append("history the clocks follow:")
+    for ev in slaclock.clock_events(t, cfg):
+        lines.append(f"  {ev.at.astimezone(cal.tz):%Y-%m-%d %H:%M}  {ev.kind}")
+    for name, c in slaclock.clocks_of(t, cfg, now).items():
+        lines.append("")
+        lines.append(f"{name}: {c.state}" + (f", cycle {c.cycle}" if c.cycle > 1 else ""))
+        if c.started_at is None or not c.target_seconds:
+            lines.append("  not started")
+            continue
+        for a, b in c.paused_spans:
+            lines.append(f"  paused {a.astimezone(cal.tz):%Y-%m-%d %H:%M} -> "
+                         f"{b.astimezone(cal.tz):%Y-%m-%d %H:%M}" if b else
+                         f"  paused since {a.astimezone(cal.tz):%Y-%m-%d %H:%M}")
+        ccal = c.calendar or cal
+        if c.paused_spans:
+            last = max((b for _a, b in c.paused_spans if b), default=None)
+            used = c.target_seconds - (c.remaining_seconds if c.remaining_seconds is not None else 0)
+            lines.append(f"  {sla.fmt_duration(max(0.0, used))} used so far; "
+                         f"{sla.fmt_duration(max(0.0, c.remaining_seconds or 0))} left when counting resumed")
+            steps = ccal.explain_add(last, max(0.0, c.remaining_seconds or 0)) if last else []
+        else:
+            steps = ccal.explain_add(c.started_at, c.target_seconds)
+        lines += [f"  {s}" for s in steps]
+        if c.stopped_at:
+            lines.append(f"  stopped {c.stopped_at.astimezone(cal.tz):%Y-%m-%d %H:%M} by {c.stopped_by}: "
+                         f"{'met' if c.state == 'met' else 'breached'}")
+    return lines
