@@ -292,7 +292,7 @@ def test_capped_raise_validates(tmp_path):
     assert d.value == {"raise": 1, "max": "high"}
     for bad, why in [("{raise: 1, max: extreme}", "unknown priority"), ("{raise: -1, max: high}", "raise"),
                      ("{max: high}", "raise"), ("{at_least: high, max: high}", "max"),
-                     ("{raise: 1, max: 2}", "unknown priority"), ("{raise: 1, cap: high}", "unknown key")]:
+                     ("{raise: 1, max: 2}", "unknown priority"), ("{raise: 1, cap: high}", "give a level")]:
         d = tmp_path / bad.strip("{}").replace(":", "").replace(",", "").replace(" ", "_")
         d.mkdir()
         with pytest.raises(RuleError) as ei:
