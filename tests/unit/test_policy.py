@@ -7,7 +7,7 @@ thread). Half `a` was used to tune the rules, half `b` is held out.
 
 Also runnable as a script to print the agreement of any rules directory with the corpus:
 
-    PYTHONPATH=. python3 tests/unit/test_policy.py [RULES_DIR]
+    PYTHONPATH=. python3 tests/unit/test_policy.py [--half a|b] [RULES_DIR]
 """
 
 from __future__ import annotations
@@ -313,7 +313,11 @@ def test_sentiment_separates_angry_from_neutral_on_the_corpus(results):
 
 
 if __name__ == "__main__":  # pragma: no cover - the measuring script
-    rules_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else resources.bundled_rules()
-    print(f"rules: {rules_dir}")
+    args = sys.argv[1:]
+    half = None
+    if args[:1] == ["--half"]:
+        half, args = args[1], args[2:]
+    rules_dir = Path(args[0]) if args else resources.bundled_rules()
+    print(f"rules: {rules_dir}" + (f", half {half} only" if half else ""))
     rs = RuleSet.load(rules_dir)
-    print(summary([evaluate(rs, m) for m in MAILS]))
+    print(summary([evaluate(rs, m) for m in MAILS if half is None or m.half == half]))
