@@ -75,6 +75,11 @@ _ZH_POS = {
     "貼心": 2.0, "周到": 2.0, "优秀": 2.5, "優秀": 2.5, "完美": 3.0, "喜欢": 2.0, "喜歡": 2.0,
     "开心": 2.0, "開心": 2.0, "高兴": 2.0, "高興": 2.0, "辛苦了": 1.5, "给力": 2.0, "給力": 2.0,
     "好用": 1.5, "方便": 1.0, "解决了": 1.5, "解決了": 1.5, "热情": 1.5, "熱情": 1.5,
+    "暖心": 2.0, "细心": 1.5, "細心": 1.5, "热心": 1.5, "熱心": 1.5, "负责": 1.0, "負責": 1.0, "尽职": 1.5,
+    "盡職": 1.5, "感动": 2.0, "感動": 2.0, "靠谱": 1.5, "靠譜": 1.5, "准时": 1.0, "準時": 1.0, "顺利": 1.5,
+    "順利": 1.5, "用心": 1.5,
+    # not praise: a title and a polite formula that contain a praise word
+    "负责人": 0.0, "負責人": 0.0,
 }
 _EN_NEG = {
     "terrible": -3.0, "awful": -3.0, "horrible": -3.0, "worst": -3.0, "disgusting": -3.0,
@@ -103,6 +108,13 @@ _EN_POS = {
     "helpful": 2.0, "love": 2.5, "perfect": 3.0, "quick": 1.0, "fast": 1.0, "friendly": 2.0,
     "professional": 1.5, "resolved": 1.0, "kudos": 2.5, "well done": 2.5, "great job": 3.0,
     "patient": 1.5, "impressed": 2.5, "recommend": 1.5, "smooth": 1.5,
+    "compliments": 2.0, "polite": 1.5, "careful": 1.0, "on time": 1.0, "reassuring": 1.5, "efficient": 1.5,
+    "kind": 1.5, "lovely": 2.0, "brilliant": 2.5, "superb": 3.0, "outstanding": 2.5, "grateful": 2.0,
+    "thrilled": 2.5, "delighted": 2.5, "reliable": 1.5, "responsive": 1.5, "knowledgeable": 1.5,
+    "impressive": 2.5,
+    # not praise: formulas that contain a praise word
+    "kind regards": 0.0, "outstanding balance": 0.0, "outstanding invoice": 0.0, "outstanding amount": 0.0,
+    "outstanding payment": 0.0, "outstanding issue": 0.0, "outstanding issues": 0.0,
 }
 _ZH_INTENS = ("非常", "很", "太", "特别", "特別", "十分", "极其", "極其", "超级", "超級", "真", "好", "巨")
 _EN_INTENS = ("very", "really", "extremely", "so", "totally", "absolutely", "incredibly", "super")

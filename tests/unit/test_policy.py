@@ -3,8 +3,15 @@
 The corpus in tests/data/policy/ (see its README) is labelled by the policy table; every mail is
 turned into real MIME bytes in its charset, parsed by `parse.parse_message`, and evaluated the way
 `Pipeline.evaluate` does it (same facts, same features, `routing.evaluate_message` on the engine
-thread). Half `a` was used to tune the rules; `b` (written before any rule changed, never run while
-tuning) and `c` (written after the rules were frozen, in other domains) are held out.
+thread).
+
+The halves were held out one after the other, and each was scored once before it was used for
+tuning (category / priority agreement at its first scoring; the corpus README has the details):
+`a` development; `b` written before any rule changed, never run while tuning `a` (95.0% / 96.9%,
+optimistic: the same author wrote the rules); `c` written after the first freeze, in new domains
+(68.8% / 70.8%); `d` written after the second freeze, in new domains again (60.4% / 62.5%). The
+original rules scored 45.8% / 31.2% on `c` and 37.5% / 25.0% on `d`. Now every half is tuning data,
+so these tests guard against regressions; they are not an estimate for unseen mail.
 
 Also runnable as a script to print the agreement of any rules directory with the corpus:
 
@@ -35,8 +42,7 @@ LANGS = ("zh-cn", "zh-tw", "en")
 CATEGORIES = ("complaint", "fault", "inquiry", "suggestion", "praise")
 CATEGORY_FLOOR = 0.90
 PRIORITY_FLOOR = 0.85
-HALVES = ("a", "b", "c")
-HELD_OUT = ("b", "c")
+HALVES = ("a", "b", "c", "d")
 
 STAFF = [
     StaffMember("tina@corp.example", "Tina", ["tech"], "lead"),
@@ -148,7 +154,6 @@ def summary(results: list[Result]) -> str:
     lines = [f"{'slice':<14}{'n':>5}{'category':>10}{'priority':>10}"]
     halves = sorted({r.mail.half for r in results})
     slices = [("all", results)] + [(f"half {h}", [r for r in results if r.mail.half == h]) for h in halves]
-    slices.append(("held out", [r for r in results if r.mail.half in HELD_OUT]))
     slices += [(lang, [r for r in results if r.mail.lang == lang]) for lang in LANGS]
     slices += [(f"{h}/{lang}", [r for r in results if r.mail.half == h and r.mail.lang == lang])
                for h in halves for lang in LANGS]
@@ -213,11 +218,12 @@ def test_bundled_rules_follow_the_policy(results):
     assert _rate(results, "priority") >= PRIORITY_FLOOR, report
 
 
-def test_held_out_halves_follow_the_policy(results):
-    held = [r for r in results if r.mail.half in HELD_OUT]
-    report = summary(held)
-    assert _rate(held, "category") >= CATEGORY_FLOOR, report
-    assert _rate(held, "priority") >= PRIORITY_FLOOR, report
+@pytest.mark.parametrize("half", HALVES)
+def test_every_half_follows_the_policy(results, half):
+    part = [r for r in results if r.mail.half == half]
+    report = summary(part)
+    assert _rate(part, "category") >= CATEGORY_FLOOR, report
+    assert _rate(part, "priority") >= PRIORITY_FLOOR, report
 
 
 def test_a_named_staff_member_is_never_assigned(results):
