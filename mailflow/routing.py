@@ -9,7 +9,8 @@ Applying decisions (in rule order; later settings win):
 
 * ``category``, ``team``, ``ack_template``, ``no_ack``: set.
 * ``priority``: a level sets it; ``{raise: N}`` moves it N levels (capped at low/urgent);
-  ``{at_least: L}`` raises it to L if it is lower.
+  ``{raise: N, max: L}`` raises it N levels but not above L, and never lowers it (a ticket already
+  above L stays where it is); ``{at_least: L}`` raises it to L if it is lower.
 * ``assignee``: an email sets it; ``{pick: STRATEGY}`` asks for a pick from the ticket's team once
   all decisions are applied (so the final team counts). The last assignee decision wins.
 * ``tag``: added once, in order.
@@ -68,7 +69,10 @@ def apply_priority(current: str, value: str | dict) -> str:
     rank = _RANK.get(current, _RANK["normal"])
     if isinstance(value, str):
         return value if value in _RANK else current
-    if "raise" in value:
+    if "raise" in value and "max" in value:
+        # a capped raise ("VIP: one level up, but never to urgent by itself") never lowers either
+        rank = max(rank, min(rank + int(value["raise"]), _RANK.get(value["max"], len(PRIORITIES) - 1)))
+    elif "raise" in value:
         rank = max(0, min(len(PRIORITIES) - 1, rank + int(value["raise"])))
     elif "at_least" in value:
         rank = max(rank, _RANK.get(value["at_least"], rank))

@@ -90,6 +90,7 @@ action                                             effect
                                                    praise, or your own)
 ``priority: LEVEL``                                set the priority: ``low`` ``normal`` ``high`` ``urgent``
 ``priority: {raise: N}``                           raise by N levels (negative lowers), capped at urgent/low
+``priority: {raise: N, max: LEVEL}``               raise by N (1..3) levels but not above LEVEL; never lowers
 ``priority: {at_least: LEVEL}``                    raise to LEVEL if lower, never lower it
 ``team: NAME``                                     set the team
 ``assignee: EMAIL``                                assign to this staff member (never to a staff member the
@@ -856,6 +857,15 @@ class _Compiler:
                     self.err(f"{path}: unknown priority '{val}' (one of {', '.join(PRIORITIES)})")
                     return None
                 return [(name, val.casefold())]
+            if isinstance(val, dict) and set(val) == {"raise", "max"}:  # a capped raise
+                v, cap = val["raise"], val["max"]
+                if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 3:
+                    self.err(f"{path}.raise: with max, needs a raise of 1..3 levels, got {v!r}")
+                    return None
+                if not isinstance(cap, str) or cap.casefold() not in PRIORITIES:
+                    self.err(f"{path}.max: unknown priority {cap!r} (one of {', '.join(PRIORITIES)})")
+                    return None
+                return [(name, {"raise": v, "max": cap.casefold()})]
             if isinstance(val, dict) and len(val) == 1:
                 (k, v), = val.items()
                 if k == "raise":
@@ -870,7 +880,8 @@ class _Compiler:
                     return [(name, {"at_least": v.casefold()})]
                 self.err(f"{path}: unknown key '{k}'{_suggest(k, ['raise', 'at_least'])} (use raise or at_least)")
                 return None
-            self.err(f"{path}: give a level ({', '.join(PRIORITIES)}), {{raise: N}} or {{at_least: LEVEL}}")
+            self.err(f"{path}: give a level ({', '.join(PRIORITIES)}), {{raise: N}}, {{raise: N, max: LEVEL}}"
+                     " or {at_least: LEVEL}")
             return None
         if name == "assignee":
             if isinstance(val, str):

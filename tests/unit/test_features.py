@@ -65,6 +65,32 @@ def test_mixed_language_and_case():
     assert sentiment("GREAT JOB") > 0
 
 
+@pytest.mark.parametrize("text", [
+    "你们到底什么时候给我开发票？？？等了一个月了，气死了！", "受够了，你们这是什么破服务！", "搞什么啊，三次都没送到，太不像话了！",
+    "你們到底有沒有在處理？憑什麼這樣對客戶！", "真的受夠了，客服態度差到極點", "黑心商家，不靠谱！",
+    "This is a joke. Incompetent service!!", "I'm sick of waiting, this is outrageous.", "Absolutely appalling. Nobody cares.",
+    "What a rip-off!!!", "I am extremely dissatisfied with your support.", "Not good enough. I'm fed up!",
+])
+def test_exasperated_phrases_count_as_angry(text):
+    """Customers write their anger as rhetorical questions and slang as often as with adjectives."""
+    assert sentiment(text) <= -0.5
+
+
+@pytest.mark.parametrize("text", [
+    "请问发票怎么开？谢谢！", "订单什么时候发货？", "请问可以开专票吗？！", "建议增加夜间模式！！", "No rush!", "不急，有空看看就行",
+    "The export fails with error 500.", "Is there an issue with the server??", "Hi! Quick question about the API!!",
+])
+def test_neutral_mail_stays_above_the_threshold_even_when_it_shouts(text):
+    assert sentiment(text) > -0.5
+
+
+def test_shouting_strengthens_only_a_negative_tone():
+    assert sentiment("太失望了！！！") < sentiment("太失望了。") < 0
+    assert sentiment("Terrible service!!") < sentiment("Terrible service.") < 0
+    assert sentiment("请问什么时候发货？？？") == sentiment("请问什么时候发货？") == 0.0
+    assert sentiment("Thanks!!") == sentiment("Thanks.") > 0
+
+
 @given(st.text(max_size=300))
 def test_always_in_range(text):
     s = sentiment(text)
