@@ -196,7 +196,7 @@ def test_corpus_parses_back_to_what_was_written():
         msg = parse_message(raw_mail(m))
         assert msg.subject == m.subject, m.id
         assert msg.text.strip() == m.body.strip(), m.id
-        assert msg.language == ("en" if m.lang == "en" else "zh"), m.id
+        assert msg.language == {"en": "en", "zh-tw": "zh-Hant"}.get(m.lang, "zh"), m.id
 
 
 # ---- the bundled rules on the corpus ------------------------------------------------------------
