@@ -1,0 +1,83 @@
+"""Interleaved runs of the backlog benchmark on two commits: is a change within X% of before?
+
+    python bench/compare.py OLD_REV NEW_REV --runs 5 --n 1000 [--env MAILFLOW_X=1]
+
+Each commit is checked out once into `bench/out/compare-<rev>` (a git worktree), then the two run
+`bench/run.py --n N --runs 1 --floors` by turns (old, new, old, new, ...), so machine load drifts onto
+both alike. Each run measures mailflow against the naive pipeline over the same INBOX in the same
+minute; the figure compared is mailflow's time as a multiple of the naive pipeline's (x naive), whose
+median over the runs is printed for both commits with the change in percent (and the same for msg/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+LINE = re.compile(r"backlog=([\d.]+) msg/s.*?naive=(\d+) msg/s \(mailflow ([\d.]+)x")
+
+
+def worktree(rev: str, out: Path) -> Path:
+    sha = subprocess.run(["git", "rev-parse", "--short", rev], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    path = out / f"compare-{sha}"
+    if not path.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(path), sha], cwd=REPO, check=True,
+                       capture_output=True)
+    return path
+
+
+def one(tree: Path, n: int, env: dict) -> tuple[float, float, float] | None:
+    p = subprocess.run([sys.executable, "bench/run.py", "--n", str(n), "--runs", "1", "--floors",
+                        "--out", str(tree / "bench" / "out")], cwd=tree, capture_output=True, text=True,
+                       env={**os.environ, **env}, timeout=3600)
+    m = LINE.search(p.stdout)
+    if p.returncode != 0 or not m:
+        print(f"  run failed in {tree.name}: {p.stdout[-500:]} {p.stderr[-1500:]}", file=sys.stderr)
+        return None
+    return float(m.group(1)), float(m.group(2)), float(m.group(3))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("old")
+    ap.add_argument("new")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--env", action="append", default=[], help="NAME=VALUE for the new commit's runs")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "out")
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    trees = {"old": worktree(a.old, a.out), "new": worktree(a.new, a.out)}
+    envs = {"old": {}, "new": dict(kv.split("=", 1) for kv in a.env)}
+    got: dict[str, list[tuple[float, float, float]]] = {"old": [], "new": []}
+    for i in range(a.runs):
+        for side in ("old", "new"):
+            r = one(trees[side], a.n, envs[side])
+            print(f"[{i + 1}/{a.runs}] {side} {trees[side].name}: {r}", file=sys.stderr, flush=True)
+            if r:
+                got[side].append(r)
+    med = {s: (statistics.median(x[0] for x in v), statistics.median(x[2] for x in v)) if v else (None, None)
+           for s, v in got.items()}
+    (o_rate, o_x), (n_rate, n_x) = med["old"], med["new"]
+    if None in (o_rate, n_rate):
+        print("not enough successful runs", file=sys.stderr)
+        return 1
+    print(f"compare n={a.n} runs={a.runs} | old {trees['old'].name}: {o_rate:.1f} msg/s, x naive {o_x:.2f} | "
+          f"new {trees['new'].name}: {n_rate:.1f} msg/s, x naive {n_x:.2f} | "
+          f"change: {(n_rate / o_rate - 1) * 100:+.1f}% msg/s, {(o_x / n_x - 1) * 100:+.1f}% relative to naive")
+    if a.json:
+        a.json.write_text(json.dumps(got, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
