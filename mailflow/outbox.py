@@ -29,8 +29,6 @@ from mailflow.spool import Segments
 from mailflow.store import Store, iso, parse_iso
 
 log = logging.getLogger("mailflow.outbox")
-# what the customer hears (auto-replied) versus what staff get (auto-generated)
-STAFF_TEMPLATES = {"staff_notify", "escalation", "command_error"}
 
 
 class OutboxError(Exception):
@@ -157,8 +155,8 @@ class Outbox:
     def _capped(self, ticket: dict, to: str, now: datetime) -> str | None:
         """Flood protection for automatic mail: per address per hour, and per ticket."""
         ob = self.cfg.outbound
-        if to in self.cfg.staff_by_email():
-            return None  # staff need every notification: its signed Message-ID is how they reply
+        if to in self.cfg.staff_by_email() or to in {a.lower() for a in self.cfg.escalation_chain}:
+            return None  # our own people need every notification (staff reply to its signed Message-ID)
         if ticket.get("auto_sent", 0) >= ob.max_auto_per_ticket:
             return f"per-ticket cap of {ob.max_auto_per_ticket} automatic mails reached"
         key = f"auto:{to}"
@@ -196,8 +194,8 @@ class Outbox:
         data = build_mail(
             rendered, from_addr=from_addr, from_name=from_name, to=recipients, reply_to=from_addr,
             message_id=mid, in_reply_to=in_reply_to, references=refs,
-            auto_submitted="auto-generated" if template in STAFF_TEMPLATES else "auto-replied",
-            extra_headers={"X-Mailflow-Ticket": tid}, date=now,
+            auto_submitted="auto-generated" if to is not None else "auto-replied",  # staff: generated
+            extra_headers={"X-Mailflow-Ticket": tid, "X-Mailflow-Template": template}, date=now,
         )
         ref = self._store_mail(data)
         row = {

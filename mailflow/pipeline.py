@@ -69,6 +69,7 @@ class Pipeline:
         self.dry = False  # simulate: decide everything, write no files (the batch is rolled back)
         self._open_counts: dict[str, int] | None = None
         self._touched: set[str] = set()  # tickets the batch changed: their timers run before the commit
+        self._clocks: dict[str, tuple[datetime, dict]] = {}  # clocks apply computed in this batch
 
     @property
     def decider(self) -> Decider:
@@ -119,7 +120,10 @@ class Pipeline:
         return results
 
     def _known(self, it: Incoming) -> bool:
-        """Already processed (a repeat ingest, a replayed fetch): nothing of it is written again."""
+        """Already processed (a repeat ingest): nothing of it is written again. Mail fetched above a
+        mailbox's checkpoint is new by definition (a replay after a crash re-spools at most a batch)."""
+        if it.uid is not None:
+            return False
         mid, h = identity(it.raw)
         with self.store.mutex:
             self.store.refresh()
@@ -200,7 +204,9 @@ class Pipeline:
         for tid in touched:  # due times follow every change (priority, pending, answers...)
             t = st.ticket(tid)
             if t is not None:
-                st.update_ticket(tid, {"sla": slaclock.sla_record(t, self.cfg, now)})
+                clocks = slaclock.clocks_of(t, self.cfg, now)
+                self._clocks[tid] = (now, clocks)  # the batch's timers reuse them
+                st.update_ticket(tid, {"sla": slaclock.sla_record(t, self.cfg, now, clocks)})
         self._touched |= touched
         for key, value in plan.meta.items():
             st.set_meta(key, value)
@@ -243,14 +249,16 @@ class Pipeline:
         new one). Every ticket looked at gets its next wake-up time."""
         out: list[TimerResult] = []
         with self.store.batch():
-            for tid in (self.store.due_tickets(now) if tids is None else tids):
-                t = self.store.ticket(tid)
-                if t is None:
-                    continue
+            pairs = [(tid, t) for tid in (self.store.due_tickets(now) if tids is None else tids)
+                     if (t := self.store.ticket(tid)) is not None]
+            cached = {tid: c for tid, (at, c) in self._clocks.items() if at == now}
+            first = self.timers.decide_many([(t, cached.get(tid)) for tid, t in pairs], now) if pairs else []
+            for (tid, t), res in zip(pairs, first, strict=True):
                 try:
                     with self.store.savepoint():
                         for _round in range(4):  # a firing may change what the rules see (priority...)
-                            res = self.timers.decide(t, now)
+                            if isinstance(res, Exception):
+                                raise res
                             if not (res.plan.updates or res.plan.events or res.plan.mails):
                                 break
                             saved, self._touched = self._touched, set()
@@ -260,11 +268,13 @@ class Pipeline:
                                 self._touched = saved
                             out.append(res)
                             t = self.store.ticket(tid) or t
+                            res = self.timers.decide(t, now)
                         self.store.update_ticket(tid, {"wake_at": iso(res.wake_at) if res.wake_at else None})
                 except Exception as e:  # one ticket's broken rule or template never stops the others
                     log.error("timers failed ticket=%s: %s: %s", tid, type(e).__name__, e)
                     log.debug("%s", traceback.format_exc())
                     self.store.update_ticket(tid, {"wake_at": iso(now + timedelta(minutes=15))})
+            self._clocks.clear()
         for r in out:
             if r.fired or r.plan.route == "auto_close":
                 log.info("timers ticket=%s %s", r.plan.ticket_id, ", ".join(r.fired) or r.plan.route)

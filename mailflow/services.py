@@ -222,7 +222,8 @@ def ticket_view(store: Store, tid: str, cfg=None, now=None) -> dict | None:
     out.update({k: t.get(k) for k in ("sla", "rules_fired", "events", "rating", "participants",
                                       "first_response_at", "resolved_at", "closed_at", "customer_name")})
     out.update({k: t.get(k) for k in ("close_reason", "reopen_count", "ratings", "merged_into", "merged_from",
-                                      "follows", "followed_by", "silence_from", "tier")})
+                                      "follows", "followed_by", "silence_from", "tier", "sla_fired", "wake_at",
+                                      "last_public_at", "public_updates")})
     out["archived"] = archived
     out["messages"] = [{"direction": m["direction"], "from": m["from"], "to": m.get("to", []),
                         "date": m.get("date"), "subject": m.get("subject"), "text": m.get("text", ""),

@@ -123,10 +123,10 @@ def clocks_of(t: dict, cfg: Config, now: datetime) -> dict[str, sla.Clock]:
     return clocks
 
 
-def sla_record(t: dict, cfg: Config, now: datetime) -> dict:
+def sla_record(t: dict, cfg: Config, now: datetime, clocks: dict[str, sla.Clock] | None = None) -> dict:
     """What the ticket stores under `sla`: the due times templates and `tickets show` use (ISO 8601),
     the targets in business hours, and every clock (`sla.to_json`)."""
-    clocks = clocks_of(t, cfg, now)
+    clocks = clocks or clocks_of(t, cfg, now)
     fr, rs, nr = clocks["first_response"], clocks["resolution"], clocks["next_response"]
     return {
         "first_response_due": iso(fr.due) if fr.due else None,
@@ -149,8 +149,10 @@ def _hours(cal: sla.Calendar, since: datetime | None, now: datetime) -> float:
     return round(cal.between(since, now) / 3600, 4) if since else 0.0
 
 
-def timer_facts(t: dict, cfg: Config, clocks: dict[str, sla.Clock], now: datetime) -> dict:
-    """The facts the escalation rules see (business time of the ticket's calendar)."""
+def timer_facts(t: dict, cfg: Config, clocks: dict[str, sla.Clock], now: datetime,
+                need: set[str] | None = None) -> dict:
+    """The facts the escalation rules see (business time of the ticket's calendar). `need`: the
+    fields the rules test (the silences cost a calendar walk each, so unneeded ones are skipped)."""
     cal = calendar_of(t, cfg)
     day_h = cal.day_seconds() / 3600 or 24.0
     facts = sla.timer_facts({k: v for k, v in clocks.items() if k in sla.CLOCKS}, now)
@@ -163,11 +165,18 @@ def timer_facts(t: dict, cfg: Config, clocks: dict[str, sla.Clock], now: datetim
                   "sla.update.breached_hours": round(max(0.0, upd.elapsed_seconds - (upd.target_seconds or 0)) / 3600, 4)})
     for name, c in clocks.items():
         facts[f"sla.{name}.target_hours"] = round((c.target_seconds or 0) / 3600, 4)
-    activity = max(filter(None, (_last(t, (*_PUBLIC, "customer_mail", "created")),
-                                 parse_iso(t.get("last_public_at")))), default=None)
-    customer = _last(t, ("customer_mail", "created"))
-    pending = _last_pending(t) if t.get("status") == "pending" else None
-    h_update, h_customer, h_pending = _hours(cal, activity, now), _hours(cal, customer, now), _hours(cal, pending, now)
+    def wanted(*names: str) -> bool:
+        return need is None or any(n in need for n in names)
+
+    h_update = h_customer = h_pending = 0.0
+    if wanted("hours_since_update", "days_since_update"):
+        activity = max(filter(None, (_last(t, (*_PUBLIC, "customer_mail", "created")),
+                                     parse_iso(t.get("last_public_at")))), default=None)
+        h_update = _hours(cal, activity, now)
+    if wanted("hours_since_customer", "days_since_customer"):
+        h_customer = _hours(cal, _last(t, ("customer_mail", "created")), now)
+    if wanted("hours_pending", "days_pending") and t.get("status") == "pending":
+        h_pending = _hours(cal, _last_pending(t), now)
     facts.update({
         "hours_since_update": h_update, "days_since_update": round(h_update / day_h, 4),
         "hours_since_customer": h_customer, "days_since_customer": round(h_customer / day_h, 4),

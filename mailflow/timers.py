@@ -45,11 +45,26 @@ class Timers:
         self.rule_fields = rules.fields("escalation")
         self.anytime = rules.anytime("escalation")
 
-    def decide(self, t: dict, now: datetime) -> TimerResult:
-        """What time has made due for `t` as of `now` (runs on the rules-engine thread)."""
-        return on_engine(self._decide, t, now)
+        self.needed = set().union(*self.rule_fields.values()) if self.rule_fields else set()
 
-    def _decide(self, t: dict, now: datetime) -> TimerResult:
+    def decide(self, t: dict, now: datetime, clocks: dict | None = None) -> TimerResult:
+        """What time has made due for `t` as of `now` (runs on the rules-engine thread)."""
+        return on_engine(self._decide, t, now, clocks)
+
+    def decide_many(self, tickets: list[tuple[dict, dict | None]], now: datetime) -> list[TimerResult | Exception]:
+        """`decide` for many tickets in one hand-off to the rules-engine thread (a batch's tickets);
+        a ticket whose decision fails gets its exception instead of a result."""
+        def run() -> list[TimerResult | Exception]:
+            out: list[TimerResult | Exception] = []
+            for t, clocks in tickets:
+                try:
+                    out.append(self._decide(t, now, clocks))
+                except Exception as e:  # noqa: BLE001 - reported per ticket by the caller
+                    out.append(e)
+            return out
+        return on_engine(run)
+
+    def _decide(self, t: dict, now: datetime, clocks: dict | None = None) -> TimerResult:
         tid = t["id"]
         res = TimerResult(Plan("timer", tid))
         plan = res.plan
@@ -64,11 +79,14 @@ class Timers:
                 plan.mails.append(Mail(tid, "closed", quote_incoming=False, why="auto-close"))
                 plan.route = "auto_close"
                 t = dict(t, **ch.fields)
-        clocks = slaclock.clocks_of(t, self.cfg, now)
+        if clocks is None or plan.updates:  # (clocks of this instant from the batch: only the update clock moved)
+            clocks = slaclock.clocks_of(t, self.cfg, now)
+        else:
+            clocks = {**clocks, "update": slaclock.update_clock(t, self.cfg, now)}
         if t.get("status") == "closed" or not self.rule_fields:
             res.wake_at = slaclock.next_wake(t, self.cfg, clocks, now, self.constants)
             return res
-        facts = slaclock.timer_facts(t, self.cfg, clocks, now)
+        facts = slaclock.timer_facts(t, self.cfg, clocks, now, self.needed)
         stage = self.rules.evaluate("escalation", facts)
         cal = slaclock.calendar_of(t, self.cfg)
         working = cal.next_working_instant(now) == now
