@@ -248,6 +248,8 @@ def next_wake(t: dict, cfg: Config, clocks: dict[str, sla.Clock], now: datetime,
     for name, c in clocks.items():
         if not c.running or not c.target_seconds or c.calendar is None:
             continue
+        if now > c.as_of:
+            c = c.at(now)
         tgt, el = c.target_seconds, c.elapsed_seconds
         wants = {r * tgt for r in (*_THRESHOLDS, *constants.get(f"sla.{name}.elapsed_ratio", ()))}
         wants |= {tgt - h * 3600 for h in constants.get(f"sla.{name}.remaining_hours", ())}

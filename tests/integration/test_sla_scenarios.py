@@ -138,3 +138,32 @@ def test_kill_9_mid_pass_and_downtime_send_each_mail_once(tmp_path, dovecot_serv
         assert len(fired) == len(set(fired)) == 5, fired  # 4 escalation rules + the progress update
     sc.run("2026-11-30T10:45+08:00")
     assert _got(sc) == []
+
+
+def test_the_daemon_scheduler_wakes_for_a_due_clock(tmp_path, dovecot_server, smtp_sink):
+    """The real daemon: it sleeps until the earliest wake-up, reminds at 80% and escalates at 100% of a
+    (tiny, round-the-clock) first-response target, once each, and keeps the watchdog fed meanwhile."""
+    from tests.integration.test_daemon import Notify, daemon
+
+    sla = ('[sla]\nfirst_response_hours = { urgent = "0.005h", high = "0.005h", normal = "0.005h", '
+           'low = "0.005h" }\ncalendar = { urgent = "24x7", high = "24x7", normal = "24x7", low = "24x7" }\n')
+    sc = Scenario(tmp_path, dovecot_server, smtp_sink, extra=EXTRA + sla)  # 18 s of first-response time
+    notify = Notify()
+    try:
+        with daemon(sc.cfg, notify) as d:
+            notify.wait("READY", "1", timeout=30)
+            sc.customer(CUST, "系统报错", "导出报表时一直报错。")
+            d.wait_log(r"new ticket=CW", timeout=30)
+            t0 = time.monotonic()
+            d.wait_log(r"timers ticket=CW\S+ first_response:1:first-response-reminder", timeout=40)
+            d.wait_log(r"timers ticket=CW\S+ first_response:1:first-response-breached", timeout=40)
+            assert time.monotonic() - t0 > 5  # it waited for the clock, it did not fire at once
+            assert smtp_sink.wait_for(4, timeout=20)  # ack, staff_notify, sla_reminder, escalation
+            time.sleep(1.0)
+            got = sorted((str(parsed(x[2])["To"]), str(parsed(x[2])["X-Mailflow-Template"]))
+                         for x in smtp_sink.messages)
+            assert got == sorted([(CUST, "ack"), (ALICE, "staff_notify"), (ALICE, "sla_reminder"),
+                                  (ALICE, "escalation")]), got
+            assert d.count("withholding the watchdog ping") == 0
+    finally:
+        notify.close()
