@@ -52,12 +52,14 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--env", action="append", default=[], help="NAME=VALUE for the new commit's runs")
+    ap.add_argument("--old-env", action="append", default=[], help="NAME=VALUE for the old commit's runs "
+                    "(compare a commit with itself: `HEAD HEAD --old-env MAILFLOW_BENCH_NO_CLOCKS=1`)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     trees = {"old": worktree(a.old, a.out), "new": worktree(a.new, a.out)}
-    envs = {"old": {}, "new": dict(kv.split("=", 1) for kv in a.env)}
+    envs = {"old": dict(kv.split("=", 1) for kv in a.old_env), "new": dict(kv.split("=", 1) for kv in a.env)}
     got: dict[str, list[tuple[float, float, float]]] = {"old": [], "new": []}
     for i in range(a.runs):
         for side in ("old", "new"):
