@@ -114,6 +114,7 @@ class OutboundConfig:
     backoff_max: float = 3600.0
     trusted_authserv_ids: list[str] = field(default_factory=list)
     hmac_key: Secret = field(default_factory=Secret)
+    staff_reference_days: float = 30.0  # a notification's signed Message-ID authenticates replies this long
 
 
 @dataclass
@@ -420,7 +421,7 @@ def from_dict(data: dict, fname: str, base: Path, path: Path | None = None) -> C
     r.unknown(attachments, {"max_bytes"}, "attachments.")
     r.unknown(outbound, {"ack_replies", "max_auto_per_hour", "max_auto_per_ticket", "retry_for_hours",
                          "backoff_initial", "backoff_max", "trusted_authserv_ids", "hmac_key",
-                         "hmac_key_env", "hmac_key_file"}, "outbound.")
+                         "hmac_key_env", "hmac_key_file", "staff_reference_days"}, "outbound.")
 
     data_dir = r.get(storage, "data_dir", str, None, "storage.")
     rules_dir = r.get(rules, "dir", str, None, "rules.")
@@ -482,9 +483,10 @@ def from_dict(data: dict, fname: str, base: Path, path: Path | None = None) -> C
         backoff_max=r.get(outbound, "backoff_max", float, 3600.0, "outbound."),
         trusted_authserv_ids=r.get(outbound, "trusted_authserv_ids", list, [], "outbound."),
         hmac_key=r.secret(outbound, "outbound.", "hmac_key"),
+        staff_reference_days=r.get(outbound, "staff_reference_days", float, 30.0, "outbound."),
     )
     cfg.outbound = ob
-    for key in ("retry_for_hours", "backoff_initial", "backoff_max"):
+    for key in ("retry_for_hours", "backoff_initial", "backoff_max", "staff_reference_days"):
         _positive(r, f"outbound.{key}", getattr(ob, key))
     if ob.backoff_initial > ob.backoff_max:
         r.err("outbound.backoff_initial", "must not exceed backoff_max")

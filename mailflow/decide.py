@@ -7,9 +7,10 @@ applied by `Pipeline.apply`, inside the batch's commit.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from mailflow import features, routing
 from mailflow.clock import iso
@@ -32,6 +33,19 @@ from mailflow.store import Store
 from mailflow.tickets import Change, Refusal, event, transition
 
 LOCALES = ("zh", "zh-Hant", "en")
+REPLAY_DAYS = 30  # a staff mail identical to one applied this recently is a replay
+
+
+def staff_digest(msg: Message, who: str, tid: str) -> str:
+    """What makes two staff mails the same mail: sender, ticket, the references it answers, its
+    commands and its words (whitespace aside). A second [RESOLVE] with new words is a new mail."""
+    from mailflow.commands import parse_commands
+
+    refs = sorted({*msg.in_reply_to, *msg.references})
+    cmds = sorted(f"{c.name} {c.arg}".strip() for c in parse_commands(msg.subject).commands)
+    text = " ".join((msg.new_text or "").split())
+    raw = "\x1f".join([who.lower(), tid, ",".join(refs), ",".join(cmds), text])
+    return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 @dataclass
@@ -44,11 +58,13 @@ class Evaluation:
 
 
 class Decider:
-    def __init__(self, cfg: Config, store: Store, rules: RuleSet, verify_id: Callable[[str, str], str | None]):
+    def __init__(self, cfg: Config, store: Store, rules: RuleSet, verify_id: Callable[[str, str], str | None],
+                 check_ref: Callable[[str, str], tuple[str | None, str]] | None = None):
         self.cfg = cfg
         self.store = store
         self.rules = rules
         self.verify_id = verify_id
+        self.check_ref = check_ref
         self.last_eval: Evaluation | None = None
 
     # ---- entry point --------------------------------------------------------------------------
@@ -258,14 +274,42 @@ class Decider:
         assert tid is not None
         t, archived = lookup(self.store, tid)
         assert t is not None
+        # a staff command takes effect at most once: a processed Message-ID is never executed again
+        # whatever its content, and the same mail under a new Message-ID is a replay too
+        digest = staff_digest(msg, who, tid)
+        cutoff = iso(now - timedelta(days=REPLAY_DAYS)) or ""
+        recent = [d for d in t.get("staff_digests", []) if d[1] >= cutoff]
+        if self.store.ticket_of_message_id(msg.message_id) or any(d[0] == digest for d in recent):
+            plan = Plan("staff", tid, "a replay of staff mail already processed: not executed", seen="replay",
+                        unarchive=[tid] if archived else [])
+            plan.event(tid, event(now, "replay", who, "staff mail seen before (same Message-ID, or the same "
+                                  "sender, reference, commands and text): ignored, nothing sent"))
+            plan.notes.append("replay: nothing applied, nothing sent")
+            return plan
         plan = Plan("staff", tid, r.reason, unarchive=[tid] if archived else [], record=tid, record_kind="staff")
         plan.update(tid, {"updated_at": iso(now)})
         how = authenticate(msg, who, tid, self.verify_id, self.cfg.outbound.trusted_authserv_ids)
         if how is None:
+            expired = self.check_ref is not None and any(
+                self.check_ref(mid, who) == (tid, "expired") for mid in [*msg.in_reply_to, *msg.references])
+            if expired:  # a genuine but old reference: say so, and send a fresh one to answer instead
+                days = self.cfg.outbound.staff_reference_days
+                plan.event(tid, event(now, "command_error", who, f"the notification answered is older than "
+                                      f"{days:g} days: nothing applied; a fresh notification was sent"))
+                plan.mails.append(Mail(tid, "command_error", to=who, why="expired reference", extra={
+                    "error": {"text": f"the notification you answered is older than {days:g} days, so your reply "
+                                      "cannot prove it is yours: nothing was changed or sent. Answer the fresh "
+                                      "notification that follows this mail."},
+                    "commands": []}))
+                plan.mails.append(Mail(tid, "staff_notify", to=who, why="fresh signed reference"))
+                plan.update(tid, {"staff_digests": [*recent, [digest, iso(now)]]})
+                plan.notes.append("expired reference: nothing applied")
+                return plan
             plan.event(tid, event(now, "unauthenticated", who, f"staff mail from {who} not authenticated: "
                                   "commands ignored, nothing sent to the customer"))
             plan.notes.append("unauthenticated staff mail")
             return plan
+        plan.update(tid, {"staff_digests": [*recent, [digest, iso(now)]]})
         parsed = parse_commands(msg.subject, self.cfg.prefix, t.get("subject") or "")
         errors = list(parsed.errors)
         member = self.cfg.staff_by_email()[who]

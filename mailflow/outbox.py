@@ -16,7 +16,7 @@ import os
 import random
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -42,6 +42,16 @@ class FlushStats:
     perm: int = 0
     queued: int = 0  # still queued after the flush
     no_smtp: int = 0
+
+
+def _b36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if not n:
+            return out
 
 
 def _secret_key(cfg: Config, data_dir: Path) -> bytes:
@@ -87,19 +97,36 @@ class Outbox:
     def _mac(self, tid: str, recipient: str, rand: str) -> str:
         return hmac.new(self.key, f"{tid}|{recipient.lower()}|{rand}".encode(), hashlib.sha256).hexdigest()[:16]
 
-    def mint_id(self, tid: str, recipient: str, mailbox: str | None) -> str:
-        """`<tid>.<rand>.<hmac>@domain`: only recipients of our mail can quote a valid one."""
+    def mint_id(self, tid: str, recipient: str, mailbox: str | None, now: datetime | None = None) -> str:
+        """`<tid>.<minute>.<rand>.<hmac>@domain`: only recipients of our mail can quote a valid one,
+        and the signed minute lets a reference expire (`[outbound] staff_reference_days`)."""
+        minute = _b36(int((now or self.clock.now()).timestamp() // 60))
         rand = secrets.token_hex(6)
-        return f"{tid}.{rand}.{self._mac(tid, recipient, rand)}@{self._domain(mailbox)}"
+        return f"{tid}.{minute}.{rand}.{self._mac(tid, recipient, minute + '.' + rand)}@{self._domain(mailbox)}"
+
+    def check_ref(self, message_id: str, recipient: str, now: datetime | None = None) -> tuple[str | None, str]:
+        """(ticket id, "ok" | "expired") for a Message-ID mailflow minted for `recipient`, else
+        (None, "bad"). References of the old unsigned-time form count as expired."""
+        parts = message_id.partition("@")[0].split(".")
+        if len(parts) == 3:  # before references carried their minting time: genuine but ageless
+            tid, rand, mac = parts
+            return (tid, "expired") if hmac.compare_digest(self._mac(tid, recipient, rand), mac) else (None, "bad")
+        if len(parts) != 4:
+            return None, "bad"
+        tid, minute, rand, mac = parts
+        if not hmac.compare_digest(self._mac(tid, recipient, minute + "." + rand), mac):
+            return None, "bad"
+        try:
+            minted = datetime.fromtimestamp(int(minute, 36) * 60, UTC)
+        except ValueError:
+            return None, "bad"
+        age = (now or self.clock.now()) - minted
+        return tid, "ok" if age <= timedelta(days=self.cfg.outbound.staff_reference_days) else "expired"
 
     def verify_id(self, message_id: str, recipient: str) -> str | None:
-        """The ticket id a minted Message-ID was made for `recipient`, or None if it is not genuine."""
-        local = message_id.partition("@")[0]
-        parts = local.split(".")
-        if len(parts) != 3:
-            return None
-        tid, rand, mac = parts
-        return tid if hmac.compare_digest(self._mac(tid, recipient, rand), mac) else None
+        """The ticket id a minted Message-ID was made for `recipient`, if genuine and not expired."""
+        tid, state = self.check_ref(message_id, recipient)
+        return tid if state == "ok" else None
 
     # ---- context ----------------------------------------------------------------------------
 
@@ -186,7 +213,7 @@ class Outbox:
         mb = self.cfg.mailbox(ticket.get("mailbox") or "") or (self.cfg.mailboxes[0] if self.cfg.mailboxes else None)
         from_addr = (mb.address if mb and mb.address else f"support@{self._domain(None)}")
         from_name = (mb.from_name if mb and mb.from_name else self.cfg.company_name)
-        mid = self.mint_id(tid, recipients[0], ticket.get("mailbox"))
+        mid = self.mint_id(tid, recipients[0], ticket.get("mailbox"), now)
         refs: list[str] = [in_reply_to] if in_reply_to else []
         if msg is not None:
             refs = [*msg.references[-10:], msg.message_id]

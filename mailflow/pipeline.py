@@ -76,7 +76,7 @@ class Pipeline:
 
     @property
     def decider(self) -> Decider:
-        return Decider(self.cfg, self.store, self.rules, self.outbox.verify_id)
+        return Decider(self.cfg, self.store, self.rules, self.outbox.verify_id, self.outbox.check_ref)
 
     @property
     def last_eval(self) -> Evaluation | None:

@@ -64,13 +64,14 @@ class Scenario:
         self.dv.append(self.user, raw)
         return raw
 
-    def staff(self, notification, commands: str, body: str, sender: str | None = None) -> bytes:
+    def staff(self, notification, commands: str, body: str, sender: str | None = None,
+              message_id: str | None = None) -> bytes:
         """A staff member's client answering one of our notifications: "Re: " + its subject + commands."""
         to = sender or _addr(notification["To"])
         mid = notification["Message-ID"]
         subject = Header(f"Re: {notification['Subject']} {commands}", "utf-8").encode()
         raw = (f"From: Staff <{to}>\r\nTo: {self.user}@support.example\r\nSubject: {subject}\r\n"
-               f"Message-ID: <staff{next(_seq)}.{time.time_ns()}@support.example>\r\n"
+               f"Message-ID: <{message_id or f'staff{next(_seq)}.{time.time_ns()}@support.example'}>\r\n"
                f"In-Reply-To: {mid}\r\nReferences: {mid}\r\nDate: Mon, 23 Nov 2026 12:00:00 +0800\r\n"
                "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
                "Content-Transfer-Encoding: 8bit\r\n\r\n"

@@ -166,14 +166,15 @@ def test_merge_sends_later_replies_to_the_target(tmp_path, dovecot_server, smtp_
     assert not sc.mails()  # no "reopened" notice to anyone
     # merging into a closed (or missing) ticket is refused
     c = _new_ticket(sc, "li3@customer.example", "另一个问题", "还有一个问题。")
-    note_c = [m for m in sc.mails(ALICE, new=False) if c["id"] in str(m["Subject"])][0]
+    who = c["assignee"]
+    note_c = [m for m in sc.mails(who, new=False) if c["id"] in str(m["Subject"])][0]
     sc.mails()
     sc.staff(note_c, f"[MERGE {a['id']}]", "")
     sc.staff(note_c, "[MERGE CW209901010001]", "")
     sc.run()
     assert sc.ticket(c["id"])["status"] == "new"
     errs = sc.mails()
-    assert len(errs) == 2 and all(str(m["To"]) == ALICE for m in errs)
+    assert len(errs) == 2 and all(str(m["To"]) == who for m in errs)
     assert "is closed" in body(errs[0]) and "no ticket CW209901010001" in body(errs[1])
 
 
