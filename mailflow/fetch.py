@@ -155,6 +155,9 @@ def _keepalive(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
 
 
+FETCH_BYTES = 8 * 1024 * 1024  # mail in one FETCH answer (one bigger message is fetched alone)
+
+
 class ImapSource:
     """One mailbox. Blocking (imapclient); the daemon runs it in a worker thread."""
 
@@ -341,19 +344,61 @@ class ImapSource:
         return any(u > self._high_uid for u in uids)
 
     def fetch(self, uids: list[int]) -> Iterator[tuple[int, bytes]]:
-        """(uid, raw bytes) in UID order, BODY.PEEK[] (leaves \\Seen alone), cfg.batch_size per
-        round trip. A UID that no longer exists is skipped."""
+        """(uid, raw bytes) in UID order, BODY.PEEK[] (leaves \\Seen alone). Up to cfg.batch_size
+        messages per round trip, and never more than FETCH_BYTES of mail in one answer (sizes come
+        from RFC822.SIZE first), so memory follows a cap, not the batch: a 30 MB mail is fetched on
+        its own. A UID that no longer exists is skipped."""
         us = sorted(set(uids))
         bs = max(1, self.cfg.batch_size)
         for i in range(0, len(us), bs):
             chunk = us[i:i + bs]
             c = self._client()
-            with self._op("fetch"):
-                resp = c.fetch(chunk, ["BODY.PEEK[]"])
-            for u in chunk:
-                raw = resp.get(u, {}).get(b"BODY[]")
-                if raw is not None:
-                    yield u, raw
+            with self._op("fetch sizes"):
+                sizes = {u: int(v.get(b"RFC822.SIZE", 0) or 0) for u, v in c.fetch(chunk, ["RFC822.SIZE"]).items()}
+            group: list[int] = []
+            total = 0
+            for u in [u for u in chunk if u in sizes] + [None]:  # None: flush the last group
+                if u is not None and (not group or total + sizes[u] <= FETCH_BYTES):
+                    group.append(u)
+                    total += sizes[u]
+                    continue
+                if len(group) == 1 and sizes[group[0]] > FETCH_BYTES:
+                    raw = self._fetch_in_parts(c, group[0], sizes[group[0]])
+                    if raw is not None:
+                        yield group[0], raw
+                    raw = None
+                elif group:
+                    with self._op("fetch"):
+                        resp = c.fetch(group, ["BODY.PEEK[]"])
+                    for g in group:
+                        raw = resp.pop(g, {}).get(b"BODY[]")
+                        if raw is not None:
+                            yield g, raw
+                    del resp
+                group, total = ([u], sizes[u]) if u is not None else ([], 0)
+
+    def _fetch_in_parts(self, c: IMAPClient, uid: int, size: int) -> bytes | None:
+        """One big message in partial FETCHes of FETCH_BYTES each (RFC 3501 `BODY.PEEK[]<offset.count>`):
+        the client library holds several times an answer while it parses it, a piece at a time holds
+        only that much."""
+        buf = bytearray()
+        while True:
+            key = f"BODY[]<{len(buf)}>".encode()
+            with self._op("fetch part"):
+                resp = c.fetch([uid], [f"BODY.PEEK[]<{len(buf)}.{FETCH_BYTES}>"])
+            part = resp.get(uid, {}).get(key)
+            if part is None:
+                part = next((v for k, v in resp.get(uid, {}).items() if k.startswith(b"BODY[]")), None)
+            del resp
+            if part is None:
+                return bytes(buf) if buf else None
+            buf += part
+            if len(part) < FETCH_BYTES or len(buf) >= max(size, 1) * 4:
+                break
+            del part
+        out = bytes(buf)
+        del buf
+        return out
 
     def find_uids_by_message_id(self, message_ids: list[str]) -> dict[str, int]:
         """Message-ID (as given, with or without <>) -> UID in the selected folder, for the resync

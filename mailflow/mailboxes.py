@@ -26,7 +26,7 @@ from mailflow.runtime import Box
 from mailflow.store import iso, parse_iso
 
 log = logging.getLogger("mailflow.mailbox")
-MAX_BATCH_BYTES = 64 * 1024 * 1024  # raw mail held in memory per batch
+MAX_BATCH_BYTES = 24 * 1024 * 1024  # raw mail held in memory per batch (a bigger mail is a batch alone)
 
 PROCESS_ALLOWANCE = 300.0  # seconds one message (beat before each) or the batch's commit may take
 AUTH_RETRY_MIN = 30.0  # a rejected login is not retried sooner than this
@@ -182,6 +182,7 @@ class MailboxWorker:
             stats.fetched += len(items)
             stats.new += sum(r.kind == "new" for r in results)
             stats.quarantined += sum(r.kind == "quarantined" for r in results)
+            items = raw = None  # type: ignore[assignment]  # this batch's mail must not live through the next fetch
         if not uids:
             self._touch()
         self.beat = time.monotonic()

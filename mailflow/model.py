@@ -12,6 +12,7 @@ class Attachment:
     content_type: str
     size: int
     data: bytes  # the decoded payload; the store decides (by the size cap) whether to keep it
+    kept: bool = True  # False: too big to decode while parsing (the raw mail in the spool has it)
 
 
 @dataclass

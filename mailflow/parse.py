@@ -518,15 +518,27 @@ def _header_lines(head: bytes) -> Iterator[bytes]:
         yield b" ".join(current)
 
 
+_HEAD_END = re.compile(rb"\n\r?\n")  # where the header block ends once CRLF became LF
+_HASH_STEP = 1 << 20  # body bytes hashed per step
+
+
 def content_hash(raw: bytes) -> str:
     """sha256 of the mail without trace headers, so one mail delivered to two mailboxes (or fetched
-    twice, with CRLF or LF line ends) hashes the same."""
-    data = raw.replace(b"\r\n", b"\n")
-    if data.startswith(b"From "):  # mbox separator line
-        data = data.partition(b"\n")[2]
-    head, sep, body = data.partition(b"\n\n")
-    if not sep:
-        head, body = data, b""
+    twice, with CRLF or LF line ends) hashes the same. Exactly the hash of: CRLF -> LF, without an mbox
+    "From " line, the unfolded header lines minus trace headers, a blank line, the body without trailing
+    newlines; computed in chunks, so a 30 MB mail is never copied whole."""
+    pos = 0
+    if raw.startswith(b"From "):  # mbox separator line
+        nl = raw.find(b"\n")
+        pos = len(raw) if nl < 0 else nl + 1
+    m = _HEAD_END.search(raw, pos)
+    if m is None:
+        head_raw, body_start = raw[pos:], len(raw)
+    else:
+        head_raw, body_start = raw[pos:m.start()], m.end()
+        if head_raw.endswith(b"\r"):
+            head_raw = head_raw[:-1]  # the CR of the CRLF whose LF ends the headers
+    head = head_raw.replace(b"\r\n", b"\n")
     h = hashlib.sha256()
     for line in _header_lines(head):
         name, colon, value = line.partition(b":")
@@ -535,7 +547,27 @@ def content_hash(raw: bytes) -> str:
             continue
         h.update(lname + colon + _WS_BYTES.sub(b" ", value).strip() + b"\n" if colon else line + b"\n")
     h.update(b"\n")
-    h.update(body.rstrip(b"\n"))
+    pending = 0  # newlines not hashed yet: only hashed if more body follows (the body is rstripped)
+    carry = b""
+    step = _HASH_STEP
+    for i in range(body_start, len(raw), step):
+        chunk = carry + raw[i:i + step]
+        carry = b""
+        if chunk.endswith(b"\r") and i + step < len(raw):
+            chunk, carry = chunk[:-1], b"\r"
+        chunk = chunk.replace(b"\r\n", b"\n")
+        stripped = chunk.rstrip(b"\n")
+        if stripped:
+            if pending:
+                h.update(b"\n" * pending)
+            h.update(stripped)
+            pending = len(chunk) - len(stripped)
+        else:
+            pending += len(chunk)
+    if carry:
+        if pending:
+            h.update(b"\n" * pending)
+        h.update(carry)
     return h.hexdigest()
 
 
@@ -609,6 +641,109 @@ def _b64_decode(payload: bytes) -> bytes:
     return b"".join(out)
 
 
+# ---- big parts: cut out of the mail before the stdlib parse -------------------------------------
+# email.parser holds about nine times a part's size while it parses and decodes it (a 30 MB attachment
+# peaked at 280 MB). Bodies of non-text leaf parts over SLIM_OVER are therefore cut out of a copy of
+# the mail first (their headers stay, marked with _SLIM_HEADER) and decoded straight from the raw
+# bytes afterwards, if they are small enough to be kept at all.
+
+SLIM_OVER = 512 * 1024  # a leaf body bigger than this is cut out before parsing
+KEEP_DECODED = 16 * 1024 * 1024  # decoded size up to which a cut-out part is decoded (kept)
+_SLIM_HEADER = "x-mailflow-slim"
+_BOUNDARY = re.compile(rb'boundary\s*=\s*(?:"([^"]{1,200})"|([^\s;"]{1,200}))', re.I)
+
+
+def _split_head(b: bytes, start: int, end: int) -> tuple[int, int] | None:
+    """(end of the header block, start of the body) of the entity b[start:end], or None."""
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        i = b.find(sep, start, end)
+        if i >= 0:
+            return i, i + len(sep)
+    return None
+
+
+def _entity_headers(head: bytes) -> dict[str, str]:
+    msg = BytesParser(policy=compat32).parsebytes(head + b"\n\n", headersonly=True)
+    return {k.lower(): str(v) for k, v in msg.items()}
+
+
+def _slim(raw: bytes) -> tuple[bytes, dict[str, tuple[int, int, str]]]:
+    """(a copy of `raw` without its big leaf bodies, {marker: (start, end, transfer encoding)})."""
+    if len(raw) <= 2 * SLIM_OVER:
+        return raw, {}
+    cuts: list[tuple[int, int, int, str]] = []  # (insert-at, body start, body end, encoding)
+
+    def entity(start: int, end: int, depth: int) -> None:
+        split = _split_head(raw, start, end)
+        if split is None or depth > 20:
+            return
+        head_end, body = split
+        try:
+            h = _entity_headers(raw[start:head_end])
+        except Exception:  # noqa: BLE001 - leave it to the real parse
+            return
+        ctype = h.get("content-type", "text/plain").split(";", 1)[0].strip().lower()
+        if ctype.startswith("multipart/"):
+            m = _BOUNDARY.search(h.get("content-type", "").encode("latin-1", "replace"))
+            if not m:
+                return
+            delim = b"--" + (m.group(1) or m.group(2))
+            pos = raw.find(delim, body, end)
+            while 0 <= pos < end:
+                nxt = raw.find(b"\n" + delim, pos + len(delim), end)
+                line_end = raw.find(b"\n", pos, end)
+                if raw[pos + len(delim):pos + len(delim) + 2] == b"--" or line_end < 0:
+                    break  # the closing delimiter
+                part_end = nxt if nxt >= 0 else end
+                if part_end > 0 and raw[part_end - 1:part_end] == b"\r":
+                    part_end -= 1
+                entity(line_end + 1, part_end, depth + 1)
+                if nxt < 0:
+                    break
+                pos = nxt + 1
+            return
+        if ctype.startswith("message/") or end - body <= SLIM_OVER:
+            return
+        disposition = h.get("content-disposition", "").split(";", 1)[0].strip().lower()
+        if ctype in ("text/plain", "text/html") and disposition != "attachment":
+            return  # body text: the parser needs it
+        cuts.append((head_end, body, end, h.get("content-transfer-encoding", "").strip().lower()))
+
+    top = _split_head(raw, 0, len(raw))
+    if top is None:
+        return raw, {}
+    entity(0, len(raw), 0)
+    if not cuts:
+        return raw, {}
+    out, marks, last = [], {}, 0
+    for i, (head_end, body, end, enc) in enumerate(sorted(cuts)):
+        key = f"p{i}"
+        out += [raw[last:head_end], f"\r\n{_SLIM_HEADER}: {key}".encode(), raw[head_end:body]]
+        marks[key] = (body, end, enc)
+        last = end
+    out.append(raw[last:])
+    return b"".join(out), marks
+
+
+def _slim_payload(raw: bytes, slim: tuple[int, int, str], defects: list[str]) -> tuple[bytes, int, bool]:
+    """(data, decoded size, kept) of a cut-out body, decoded from the raw mail when small enough."""
+    start, end, enc = slim
+    n = end - start
+    size = n * 3 // 4 if enc == "base64" else n
+    if size > KEEP_DECODED:
+        return b"", size, False
+    body = raw[start:end]
+    if enc == "base64":
+        data = _b64_decode(body)
+    elif enc == "quoted-printable":
+        import quopri
+
+        data = quopri.decodestring(body)
+    else:
+        data = body
+    return data, len(data), True
+
+
 def _payload_bytes(part: EmailMessage, defects: list[str]) -> bytes:
     """The decoded payload of a leaf part (base64/quoted-printable/8bit/uuencode).
 
@@ -658,9 +793,12 @@ class _Parts:
 class _Walker:
     """Sorts every leaf of a MIME tree into body text, attachments and bounce-report parts."""
 
-    def __init__(self, defects: list[str]) -> None:
+    def __init__(self, defects: list[str], raw: bytes = b"",
+                 slimmed: dict[str, tuple[int, int, str]] | None = None) -> None:
         self.defects = defects
         self.found = _Parts()
+        self.raw = raw
+        self.slimmed = slimmed or {}
 
     def walk(self, part: EmailMessage, depth: int = 0) -> None:
         if depth > _MAX_DEPTH:
@@ -707,6 +845,12 @@ class _Walker:
         if ctype.startswith("multipart/"):
             self.defects.append(f"{ctype} without usable boundary; treated as text")
             ctype = "text/plain"
+        slim = self.slimmed.get(hdrs.get(_SLIM_HEADER, "").strip()) if self.slimmed else None
+        if slim is not None:  # a big body cut out before the stdlib parse: decoded from the raw mail
+            index = len(self.found.attachments) + 1
+            data, size, kept = _slim_payload(self.raw, slim, self.defects)
+            self.found.attachments.append(Attachment(_safe_filename(fname, ctype, index), ctype, size, data, kept))
+            return
         data = _payload_bytes(part, self.defects)
         if ctype in ("text/plain", "text/html") and disposition != "attachment" and not fname:
             charset = _parse_params(hdrs.get("content-type", "")).get("charset")
@@ -829,6 +973,7 @@ class _Parse:
         self.raw = raw
         self.prefix = prefix
         self.defects: list[str] = []
+        self.slimmed: dict[str, tuple[int, int, str]] = {}
         self.msg = self._email()
         self.h: dict[str, list[str]] = {}
         for name, value in self.msg.raw_items():
@@ -836,7 +981,8 @@ class _Parse:
 
     def _email(self) -> EmailMessage:
         try:
-            return BytesParser(policy=compat32).parsebytes(self.raw)
+            slim, self.slimmed = _slim(self.raw)
+            return BytesParser(policy=compat32).parsebytes(slim)
         except Exception as exc:  # e.g. RecursionError on absurd nesting
             self.defects.append(f"MIME structure unparseable ({type(exc).__name__}); body kept as text")
             msg = BytesParser(policy=compat32).parsebytes(self.raw, headersonly=True)
@@ -899,7 +1045,7 @@ class _Parse:
 
     def body_parts(self) -> _Parts:
         """Walk the tree; a mail whose only content is an attached message gets that message's body."""
-        walker = _Walker(self.defects)
+        walker = _Walker(self.defects, self.raw, self.slimmed)
         self.guard("mime", lambda: walker.walk(self.msg), None)
         parts = walker.found
         if not parts.plain and not parts.html and parts.inner:
@@ -1009,10 +1155,9 @@ def identity(raw: bytes) -> tuple[str, str]:
     cheap enough to skip spooling mail that was already processed (a repeat `ingest`, a replay)."""
     h = content_hash(raw)
     try:
-        data = raw.replace(b"\r\n", b"\n")
-        if data.startswith(b"From "):
-            data = data.partition(b"\n")[2]
-        head = data.partition(b"\n\n")[0]
+        pos = raw.find(b"\n") + 1 if raw.startswith(b"From ") else 0
+        m = _HEAD_END.search(raw, pos)
+        head = raw[pos:m.start() if m else len(raw)].replace(b"\r\n", b"\n")
         msg = BytesParser(policy=compat32).parsebytes(head + b"\n\n", headersonly=True)
         values = [v if isinstance(v, str) else str(v) for k, v in msg.raw_items() if k.lower() == "message-id"]
         ids = _msg_ids(" ".join(_raw_to_str(v)[0] for v in values))

@@ -11,7 +11,7 @@ import logging
 import os
 import re
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -303,7 +303,9 @@ class Pipeline:
         atts = []
         for i, a in enumerate(msg.attachments):
             entry = {"filename": a.filename, "content_type": a.content_type, "size": a.size, "path": None}
-            if a.size <= self.cfg.attachment_max_bytes and not self.dry:
+            if a.size <= self.cfg.attachment_max_bytes and not a.kept:
+                entry["skipped"] = "too large to decode while parsing: the raw mail in the spool has it"
+            elif a.size <= self.cfg.attachment_max_bytes and not self.dry:
                 d = self.store.dir / "attachments" / tid
                 d.mkdir(parents=True, exist_ok=True)
                 name = _SAFE_NAME.sub("_", a.filename or f"part{i}")[:120] or f"part{i}"
@@ -323,25 +325,46 @@ class Pipeline:
         })
 
 
-def read_paths(paths: list[Path]) -> list[tuple[str, bytes]]:
-    """.eml files, mbox files and Maildir folders -> (label, raw bytes) in a stable order."""
+def iter_paths(paths: list[Path]) -> Iterator[tuple[str, bytes]]:
+    """.eml files, mbox files and Maildir folders -> (label, raw bytes) in a stable order, one mail at
+    a time (a migration's 10 GB mbox never sits in memory)."""
     import mailbox as mbx
 
-    out: list[tuple[str, bytes]] = []
     for p in paths:
         if p.is_dir() and (p / "cur").is_dir() and (p / "new").is_dir():
             md = mbx.Maildir(str(p), factory=None, create=False)
             for key in sorted(md.keys()):
-                out.append((f"{p}:{key}", md.get_bytes(key)))
+                yield f"{p}:{key}", md.get_bytes(key)
         elif p.is_dir():
             for q in sorted(p.rglob("*.eml")):
-                out.append((str(q), q.read_bytes()))
+                yield str(q), q.read_bytes()
         else:
-            head = p.read_bytes()[:5]
+            with open(p, "rb") as f:
+                head = f.read(5)
             if head == b"From ":
                 mb = mbx.mbox(str(p), factory=None, create=False)
                 for key in mb.keys():
-                    out.append((f"{p}:{key}", mb.get_bytes(key)))
+                    yield f"{p}:{key}", mb.get_bytes(key)
             else:
-                out.append((str(p), p.read_bytes()))
-    return out
+                yield str(p), p.read_bytes()
+
+
+def count_paths(paths: list[Path]) -> int | None:
+    """How many mails `iter_paths` will give (for a progress bar), without reading them; None for mbox
+    files (counting them means reading them)."""
+    n = 0
+    for p in paths:
+        if p.is_dir() and (p / "cur").is_dir() and (p / "new").is_dir():
+            n += sum(1 for sub in ("cur", "new") for q in (p / sub).iterdir() if not q.name.startswith("."))
+        elif p.is_dir():
+            n += sum(1 for _ in p.rglob("*.eml"))
+        else:
+            with open(p, "rb") as f:
+                if f.read(5) == b"From ":
+                    return None
+            n += 1
+    return n
+
+
+def read_paths(paths: list[Path]) -> list[tuple[str, bytes]]:
+    return list(iter_paths(paths))

@@ -129,19 +129,34 @@ def replay(rt: Runtime, qid: str):
     return r
 
 
+INGEST_BATCH_BYTES = 32 * 1024 * 1024  # raw mail held per ingest batch (memory follows it, not the input)
+
+
 def ingest(rt: Runtime, paths: list[Path], on_result: Callable | None = None, batch: int = 100) -> list:
-    from mailflow.pipeline import Incoming, read_paths
+    """The pipeline over local files, streamed: at most `batch` mails or INGEST_BATCH_BYTES per commit."""
+    from mailflow.pipeline import Incoming, iter_paths
 
     p = rt.pipeline
-    labelled = read_paths(paths)
     results = []
-    for i in range(0, len(labelled), batch):
-        part = labelled[i:i + batch]
+    part: list[tuple[str, bytes]] = []
+    size = 0
+
+    def flush() -> None:
         got = p.process([Incoming(raw) for _label, raw in part])
         for (label, _raw), r in zip(part, got, strict=True):
             results.append((label, r))
             if on_result is not None:
                 on_result(label, r)
+        part.clear()
+
+    for label, raw in iter_paths(paths):
+        if part and (len(part) >= batch or size + len(raw) > INGEST_BATCH_BYTES):
+            flush()
+            size = 0
+        part.append((label, raw))
+        size += len(raw)
+    if part:
+        flush()
     return results
 
 

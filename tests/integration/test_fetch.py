@@ -88,6 +88,22 @@ def test_fetch_chunks_by_batch_size_and_keeps_uid_order(dv, user, src_for):
     assert [r for _, r in got] == [msg(i) for i in range(7)]
 
 
+@pytest.mark.parametrize("cap", [1000, 4096, 10 ** 9])
+def test_fetch_holds_at_most_a_cap_of_mail_per_answer_and_big_mail_comes_in_parts(dv, user, src_for, monkeypatch,
+                                                                                  cap):
+    """Messages are grouped so one FETCH answer stays under FETCH_BYTES; a bigger message comes in
+    partial FETCHes and is put back together byte for byte (sizes are exact multiples too)."""
+    rng = random.Random(cap)
+    raws = [msg(0), msg(1) + b"x" * 20_000, msg(2), msg(3) + b"y" * (cap * 3 - len(msg(3))) if cap < 10**6 else msg(3),
+            msg(4) + "\r\n".join("".join(rng.choice("abc 中文xyz") for _ in range(70)) for _ in range(80)).encode()]
+    for r in raws:
+        dv.append(user, r)
+    monkeypatch.setattr(fetch_mod, "FETCH_BYTES", cap)
+    src = src_for(user)
+    got = list(src.fetch(src.pending_uids(0)))
+    assert [r for _, r in got] == raws
+
+
 def test_fetch_skips_messages_expunged_meanwhile(dv, user, src_for):
     dv.append_many(user, [msg(i) for i in range(3)])
     src = src_for(user)
