@@ -637,6 +637,15 @@ def status(obj: Ctx, as_json: bool) -> None:
     click.echo(f"quarantine: {out['quarantine']} held")
     if out["outbox_last_error"]:
         click.echo(f"last SMTP error: {out['outbox_last_error']}")
+    d = out.get("daemon")
+    if d:
+        click.echo(f"daemon: {'running (pid ' + str(d['pid']) + ')' if d['running'] else 'not running'}; "
+                   f"{d.get('status') or '-'} (as of {d.get('at')})")
+        rl = d.get("last_reload")
+        if rl and not rl.get("ok"):
+            click.echo(f"last reload REJECTED at {rl['at']} ({rl['reason']}): {rl['error']}")
+        elif rl:
+            click.echo(f"last reload: ok at {rl['at']} ({rl['reason']})")
 
 
 if __name__ == "__main__":  # pragma: no cover

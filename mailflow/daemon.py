@@ -391,6 +391,7 @@ class Daemon:
         self.ready = False
         self.stopping = False
         self.reload_error: str | None = None
+        self.last_reload: dict | None = None  # {at, reason, ok, error}: `mailflow status` shows it
         self._counts: tuple[int, int, int] | None = None  # open tickets, outbox queued, quarantine held
         self._counts_key: tuple | None = None
         self._last_status = ""
@@ -490,6 +491,25 @@ class Daemon:
         if force or line != self._last_status:
             self._last_status = line
             sd_notify(f"STATUS={line}")
+            self.write_status_file()
+
+    def write_status_file(self) -> None:
+        """`data_dir/daemon-status.json`: what `mailflow status` shows of the running daemon (its
+        status line, mailbox states, the last reload and why it was rejected). Never fatal."""
+        import json
+
+        from mailflow.clock import utcnow
+        from mailflow.store import write_atomic
+
+        doc = {"pid": os.getpid(), "at": utcnow().isoformat(timespec="seconds"), "status": self._last_status,
+               "ready": self.ready, "stopping": self.stopping,
+               "mailboxes": {w.name: {"state": w.state, "last_error": w.last_error} for w in self.workers},
+               "smtp": self.sender.smtp_state, "wedged": list(self._wedged),
+               "last_reload": self.last_reload, "scheduler_passes": self.scheduler.passes}
+        try:
+            write_atomic(self.store.dir / "daemon-status.json", json.dumps(doc, ensure_ascii=False).encode())
+        except OSError as e:
+            log.debug("cannot write daemon-status.json: %s", e)
 
     # ---- reload ----------------------------------------------------------------------------------
 
@@ -505,6 +525,8 @@ class Daemon:
                 new_stamp = stamp  # what was compiled is at least as new as this
         except Exception as e:
             self.reload_error = _problems(e)
+            self.last_reload = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "reason": reason, "ok": False,
+                                "error": self.reload_error}
             self._stamp = stamp  # do not retry the same broken files on every tick
             log.error("reload (%s) rejected, keeping the running config, rules and templates: %s",
                       reason, self.reload_error)
@@ -512,6 +534,8 @@ class Daemon:
         mutex = self.store.mutex
         if not mutex.acquire(timeout=20):
             self.reload_error = "the store stayed busy for 20 s"
+            self.last_reload = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "reason": reason, "ok": False,
+                                "error": self.reload_error}
             log.error("reload (%s) rejected: %s", reason, self.reload_error)
             return False
         try:  # between two batches: a batch sees either the old runtime or the new one, never a mix
@@ -522,6 +546,7 @@ class Daemon:
         rules = new.rules
         self._stamp = new_stamp
         self.reload_error = None
+        self.last_reload = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "reason": reason, "ok": True, "error": None}
         log.info("reloaded (%s): config %s, rules v%s from %s, templates from %s", reason,
                  self.config_path or "(embedded defaults)", rules.version, cfg.rules_dir, cfg.templates_dir)
         if restart:
@@ -567,6 +592,7 @@ class Daemon:
                 if notify:
                     self._last_status = self.status_line()
                     sd_notify(f"READY=1\nSTATUS={self._last_status}")
+                self.write_status_file()
             reason, self._reload_again = self._reload_again, None
             if reason is None or self.stopping:
                 return
@@ -682,6 +708,7 @@ class Daemon:
                 self.ready = True
                 self._last_status = self.status_line()
                 sd_notify(f"READY=1\nSTATUS={self._last_status}")
+                self.write_status_file()
                 log.info("ready: %s", self._last_status)
             await self._stopped.wait()
             return await self._shutdown()

@@ -190,7 +190,31 @@ def status(cfg, store: Store) -> dict:
         "quarantine": sum(q.get("status") == "held" for q in store.quarantined()),
         "outbox_last_error": next((r["last_error"] for r in sorted(rows, key=lambda r: r.get("created_at") or "",
                                                                    reverse=True) if r.get("last_error")), None),
+        "daemon": daemon_status(store.dir),
     }
+
+
+def daemon_status(data_dir: Path) -> dict | None:
+    """The running daemon's own report (`daemon-status.json`), with `running` telling whether a
+    daemon still holds the data directory; None if no daemon ever ran here."""
+    import fcntl
+    import json
+
+    try:
+        doc = json.loads((data_dir / "daemon-status.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    running = False
+    try:
+        with open(data_dir / "daemon.lock", "a+") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            except OSError:
+                running = True
+    except OSError:
+        pass
+    return {**doc, "running": running}
 
 
 def find_ticket(store: Store, tid: str) -> tuple[dict | None, list[dict], bool]:

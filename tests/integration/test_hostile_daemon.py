@@ -89,6 +89,9 @@ def test_unsafe_rules_never_go_live_and_a_slow_one_costs_one_message(tmp_path, d
         classify.write_text(good + CATASTROPHIC_RULE, encoding="utf-8")
         run.signal(signal.SIGHUP)
         run.wait_log(r"reload \(SIGHUP\) rejected.*evil-regex.*unsafe regex")
+        st = json.loads(mailflow(cfg, "status", "--json").stdout)["daemon"]  # status says it, and why
+        assert st["running"] and st["last_reload"]["ok"] is False and "evil-regex" in st["last_reload"]["error"]
+        assert "last reload rejected" in st["status"]
         dovecot_server.append(a, make_mail(1, subject="aaaa", body="a" * 40 + "b", zh=False))  # the trigger
         run.wait_log(r"new ticket=", n=1, timeout=20)
 
