@@ -107,7 +107,8 @@ class StaffMember:
 @dataclass
 class OutboundConfig:
     ack_replies: bool = False  # acknowledge customer replies to an existing ticket too
-    max_auto_per_hour: int = 5  # automatic mails to one address per hour
+    max_auto_per_hour: int = 5  # automatic mails to one address per hour of the mails' own time
+    max_auto_burst: int = 30  # ... and per hour of processing, whatever the mails' Date headers say
     max_auto_per_ticket: int = 10  # automatic mails per ticket, ever
     retry_for_hours: float = 48.0  # give up on temporary failures after this long
     backoff_initial: float = 30.0
@@ -419,7 +420,7 @@ def from_dict(data: dict, fname: str, base: Path, path: Path | None = None) -> C
     r.unknown(logging_, {"level"}, "logging.")
     r.unknown(routing, {"strategy", "escalation_chain"}, "routing.")
     r.unknown(attachments, {"max_bytes"}, "attachments.")
-    r.unknown(outbound, {"ack_replies", "max_auto_per_hour", "max_auto_per_ticket", "retry_for_hours",
+    r.unknown(outbound, {"ack_replies", "max_auto_per_hour", "max_auto_burst", "max_auto_per_ticket", "retry_for_hours",
                          "backoff_initial", "backoff_max", "trusted_authserv_ids", "hmac_key",
                          "hmac_key_env", "hmac_key_file", "staff_reference_days"}, "outbound.")
 
@@ -477,6 +478,7 @@ def from_dict(data: dict, fname: str, base: Path, path: Path | None = None) -> C
     ob = OutboundConfig(
         ack_replies=r.get(outbound, "ack_replies", bool, False, "outbound."),
         max_auto_per_hour=r.get(outbound, "max_auto_per_hour", int, 5, "outbound."),
+        max_auto_burst=r.get(outbound, "max_auto_burst", int, 30, "outbound."),
         max_auto_per_ticket=r.get(outbound, "max_auto_per_ticket", int, 10, "outbound."),
         retry_for_hours=r.get(outbound, "retry_for_hours", float, 48.0, "outbound."),
         backoff_initial=r.get(outbound, "backoff_initial", float, 30.0, "outbound."),
@@ -490,7 +492,7 @@ def from_dict(data: dict, fname: str, base: Path, path: Path | None = None) -> C
         _positive(r, f"outbound.{key}", getattr(ob, key))
     if ob.backoff_initial > ob.backoff_max:
         r.err("outbound.backoff_initial", "must not exceed backoff_max")
-    for key in ("max_auto_per_hour", "max_auto_per_ticket"):
+    for key in ("max_auto_per_hour", "max_auto_burst", "max_auto_per_ticket"):
         if getattr(ob, key) < 0:
             r.err(f"outbound.{key}", "must be >= 0")
     for key, values in (("outbound.trusted_authserv_ids", ob.trusted_authserv_ids),

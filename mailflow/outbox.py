@@ -31,6 +31,36 @@ from mailflow.store import Store, iso, parse_iso
 log = logging.getLogger("mailflow.outbox")
 
 
+LOOP_MINUTES = 10  # the same subject or words again this soon (mail time) ...
+LOOP_REPEATS = 2  # ... after this many automatic answers: a loop, not a customer
+
+
+def mail_time(msg: Message | None, now: datetime) -> datetime:
+    """The mail's own time for the flood cap: its Date, but never after it arrived and never more
+    than a week before (a forged Date cannot move it far)."""
+    d = msg.date if msg is not None else None
+    if d is None:
+        return now
+    return max(min(d, now), now - timedelta(days=7))
+
+
+def _loop_keys(msg: Message | None) -> tuple[str, str]:
+    """(normalised subject, hash of the words) that a loop repeats; "" when unknown."""
+    if msg is None:
+        return "", ""
+    subj = " ".join((msg.clean_subject or msg.subject or "").split()).casefold()[:200]
+    words = " ".join((msg.new_text or "").split())
+    return subj, (hashlib.sha256(words.encode("utf-8", "surrogatepass")).hexdigest()[:16] if words else "")
+
+
+def _entry(e) -> tuple[str, str, str, str]:
+    """(mail time, processing time, subject key, words key) of one capped-mail record (an older
+    record is just the processing time)."""
+    if isinstance(e, str):
+        return e, e, "", ""
+    return (str(e[0]), str(e[1]), str(e[2]), str(e[3])) if len(e) >= 4 else (str(e[0]), str(e[0]), "", "")
+
+
 class OutboxError(Exception):
     pass
 
@@ -179,20 +209,41 @@ class Outbox:
 
     # ---- enqueue ----------------------------------------------------------------------------
 
-    def _capped(self, ticket: dict, to: str, now: datetime) -> str | None:
-        """Flood protection for automatic mail: per address per hour, and per ticket."""
+    def _capped(self, ticket: dict, to: str, now: datetime, msg: Message | None = None) -> str | None:
+        """Flood protection for automatic mail to one customer address (the policy, in the README):
+
+        * a loop answers itself: the same subject or the same words from the address again within
+          LOOP_MINUTES of mail time, after LOOP_REPEATS automatic answers to them -> stop;
+        * at most `max_auto_per_hour` automatic mails per hour of the *mails' own time* (their Date,
+          bounded by when they arrived): a backlog of requests written over a day is answered
+          request by request even if it arrives in one minute;
+        * a backstop of `max_auto_burst` per hour of processing time (forged Dates cannot open the
+          gate), and `max_auto_per_ticket` per ticket.
+        Staff and the escalation chain are never capped (they reply to the signed Message-ID)."""
         ob = self.cfg.outbound
         if to in self.cfg.staff_by_email() or to in {a.lower() for a in self.cfg.escalation_chain}:
-            return None  # our own people need every notification (staff reply to its signed Message-ID)
+            return None
         if ticket.get("auto_sent", 0) >= ob.max_auto_per_ticket:
             return f"per-ticket cap of {ob.max_auto_per_ticket} automatic mails reached"
+        when = mail_time(msg, now)
+        subj, words = _loop_keys(msg)
         key = f"auto:{to}"
-        hour_ago = iso(now - timedelta(hours=1)) or ""
-        recent = [t for t in (self.store.get_meta(key, []) or []) if t >= hour_ago]
-        if len(recent) >= ob.max_auto_per_hour:
+        entries = [_entry(e) for e in (self.store.get_meta(key, []) or [])]
+        entries = [e for e in entries if e[0] >= (iso(min(when, now) - timedelta(hours=1)) or "")]
+        w_iso, n_iso = iso(when) or "", iso(now) or ""
+        loop_from = iso(when - timedelta(minutes=LOOP_MINUTES)) or ""
+        same = [e for e in entries if loop_from <= e[0] <= w_iso and ((subj and e[2] == subj) or (words and e[3] == words))]
+        if len(same) >= LOOP_REPEATS:
+            return (f"looks like a mail loop: the same subject or text from this address again within "
+                    f"{LOOP_MINUTES} minutes, after {LOOP_REPEATS} automatic answers")
+        hour_from = iso(when - timedelta(hours=1)) or ""
+        if sum(1 for e in entries if hour_from < e[0] <= w_iso) >= ob.max_auto_per_hour:
             return f"cap of {ob.max_auto_per_hour} automatic mails per hour to this address reached"
-        recent.append(iso(now))
-        self.store.set_meta(key, recent)
+        burst_from = iso(now - timedelta(hours=1)) or ""
+        if sum(1 for e in entries if e[1] > burst_from) >= ob.max_auto_burst:
+            return f"backstop of {ob.max_auto_burst} automatic mails per hour of processing to this address reached"
+        entries.append((w_iso, n_iso, subj, words))
+        self.store.set_meta(key, [list(e) for e in entries])
         return None
 
     def enqueue(self, ticket: dict, template: str, *, msg: Message | None, auto: bool, now: datetime,
@@ -203,7 +254,7 @@ class Outbox:
         recipients = [a for a in recipients if a and a not in ticket.get("failing_addresses", [])] or recipients
         tid = ticket["id"]
         if auto:
-            why = self._capped(ticket, recipients[0], now)
+            why = self._capped(ticket, recipients[0], now, msg)
             if why:
                 self.store.add_event(tid, "not_sent", f"{template} to {recipients[0]}: {why}", at=now)
                 log.warning("auto mail suppressed ticket=%s template=%s: %s", tid, template, why)

@@ -542,8 +542,12 @@ class Store:
         for k in [k for k, v in seen.items() if (v.get("at") or "") < seen_cut]:
             self._seen.discard(seen.pop(k)["key"])
         meta, hour_ago = self._table("meta"), iso(now - timedelta(hours=1)) or ""
-        for key, k in list(self._meta.items()):  # flood-cap timestamps older than the cap's hour
-            if key.startswith("auto:") and max(meta[k]["value"] or [""]) < hour_ago:
+        for key, k in list(self._meta.items()):  # flood-cap records older than the cap's hour
+            if not key.startswith("auto:"):
+                continue
+            recs = meta[k]["value"] or []
+            last = max((r if isinstance(r, str) else max(str(x) for x in r[:2]) for r in recs), default="")
+            if last < hour_ago:
                 meta.pop(k, None)
                 self._meta.pop(key)
         out = self._table("outbox")
