@@ -119,7 +119,15 @@ class _Group(GlobalOptionsGroup):
 @click.version_option(package_name="mailflow")
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None, log_level: str | None, now: str | None) -> None:
-    """mailflow: a support team's customer-feedback loop over plain email."""
+    """mailflow: a support team's customer-feedback loop over plain email.
+
+    \b
+    First steps:
+      mailflow demo                      the samples through the real pipeline, no server needed
+      mailflow init ~/mailflow           an example config with copies of the rules and templates
+      mailflow --config ~/mailflow/mailflow.toml check --connect
+      mailflow --config ~/mailflow/mailflow.toml run --once
+    Global options (--config, --log-level, --now) may also follow the subcommand."""
     ctx.obj = Ctx(config_path, log_level, now)
 
 
@@ -129,13 +137,16 @@ def main(ctx: click.Context, config_path: str | None, log_level: str | None, now
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--force", is_flag=True, help="Overwrite an existing config.")
 def init(directory: str, force: bool) -> None:
-    """Write DIR/mailflow.toml (data inside DIR) plus copies of the bundled rules and templates."""
+    """Write DIR/mailflow.toml (data inside DIR) plus copies of the bundled rules and templates.
+
+    Example: `mailflow init ~/mailflow`, then edit ~/mailflow/mailflow.toml."""
+    _require_resources()
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     cfg_path = d / "mailflow.toml"
     if cfg_path.exists() and not force:
         raise click.ClickException(f"{cfg_path} exists (use --force to overwrite)")
-    text = (resources.PKG / "example.toml").read_text(encoding="utf-8")
+    text = resources.example_config().read_text(encoding="utf-8")
     cfg_path.write_text(text, encoding="utf-8")
     for name, src in (("rules", resources.bundled_rules()), ("templates", resources.bundled_templates())):
         dst = d / name
@@ -144,6 +155,15 @@ def init(directory: str, force: bool) -> None:
     (d / "data").mkdir(exist_ok=True)
     click.echo(f"wrote {cfg_path}, {d / 'rules'}/, {d / 'templates'}/")
     click.echo(f"next: edit it, then `mailflow --config {cfg_path} check`")
+
+
+def _require_resources() -> None:
+    """A package built without its rules or templates says so in one line (exit 2)."""
+    missing = resources.missing()
+    if missing:
+        for m in missing:
+            click.echo(m, err=True)
+        sys.exit(2)
 
 
 @main.command()
@@ -238,7 +258,9 @@ def _check_connections(cfg: config_mod.Config) -> int:
 @click.option("--once", is_flag=True, help="One pass over every mailbox and the outbox, then exit.")
 @click.pass_obj
 def run(obj: Ctx, once: bool) -> None:
-    """Fetch, process and answer mail (IDLE where offered, polling otherwise).
+    """Fetch, process and answer mail (IDLE where offered, polling otherwise): the daemon, or one pass.
+
+    Example: `mailflow run --once` from cron, `systemctl start mailflow` for the daemon.
 
     `run --once` exits 0 when everything was done, 1 when a daemon already runs on the data
     directory, 2 on a broken config, rule or template, 3 when a mailbox or the SMTP server could
@@ -263,10 +285,18 @@ def run(obj: Ctx, once: bool) -> None:
     sys.exit(asyncio.run(d.main()))
 
 
-def _ingest(obj: Ctx, paths: list[Path], echo=None) -> list:
+def _ingest(obj: Ctx, paths: list[Path], echo=None, progress: bool = False) -> list:
     from mailflow import services
+    from mailflow.cliutil import Progress
+    from mailflow.pipeline import count_paths
 
-    results = services.ingest(obj.runtime(), paths, on_result=echo)
+    rt = obj.runtime()
+    with Progress(total=count_paths(paths) if progress else None, label="ingest", enabled=progress) as bar:
+        def each(label: str, r) -> None:
+            bar.advance()
+            if echo is not None:
+                echo(label, r, bar.echo)
+        results = services.ingest(rt, paths, on_result=each)
     return [r for _label, r in results]
 
 
@@ -274,11 +304,14 @@ def _ingest(obj: Ctx, paths: list[Path], echo=None) -> list:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.pass_obj
 def ingest(obj: Ctx, paths: tuple[Path, ...]) -> None:
-    """Run the pipeline on local .eml files, mbox files or Maildir folders (one line per message)."""
-    def line(label: str, r) -> None:
-        click.echo(f"{r.kind:12} {r.ticket_id or '-':16} {label}{'  ' + r.reason if r.reason else ''}")
+    """Run the pipeline on local .eml files, mbox files or Maildir folders: one line per message, a
+    progress line on a terminal. Mail already processed is skipped and writes nothing.
 
-    results = _ingest(obj, list(paths), echo=line)
+    Example: `mailflow ingest old-helpdesk-export.mbox` (a migration) or `mailflow ingest ~/Maildir`."""
+    def line(label: str, r, out=click.echo) -> None:
+        out(f"{r.kind:12} {r.ticket_id or '-':16} {label}{'  ' + r.reason if r.reason else ''}")
+
+    results = _ingest(obj, list(paths), echo=line, progress=True)
     counts: dict[str, int] = {}
     for r in results:
         counts[r.kind] = counts.get(r.kind, 0) + 1
@@ -289,20 +322,40 @@ def ingest(obj: Ctx, paths: tuple[Path, ...]) -> None:
 @click.pass_obj
 @click.pass_context
 def demo(ctx: click.Context, obj: Ctx) -> None:
-    """Ingest the bundled sample mails (no mail server needed) and list the tickets they made."""
+    """Run the real pipeline over the bundled sample mails (no mail server needed), then list the tickets.
+
+    It never touches a configured installation: with no config it uses the embedded default
+    ./mailflow-data (so a plain `mailflow tickets list` there shows its tickets); when --config,
+    MAILFLOW_CONFIG or MAILFLOW_DATA_DIR is set it ignores them and uses ./mailflow-demo."""
+    import os
+
+    _require_resources()
+    configured = obj.config_path or os.environ.get("MAILFLOW_CONFIG") or os.environ.get("MAILFLOW_DATA_DIR")
+    data = Path.cwd() / ("mailflow-demo" if configured else "mailflow-data")
+    cfg = config_mod.defaults()
+    cfg.data_dir = data.resolve()
+    obj._cfg = cfg
+    setup_logging(obj.log_level or "warning")
+    look = f"MAILFLOW_DATA_DIR={data} mailflow" if configured else "mailflow"
+    if configured:
+        click.echo(f"demo: ignoring your configuration ({obj.config_path or 'environment'}); "
+                   f"sample data goes to {data}")
     samples = sorted(resources.samples().glob("*.eml"))
-    click.echo(f"data directory: {obj.cfg.data_dir}")
+    click.echo(f"data directory: {data}")
     click.echo(f"ingesting {len(samples)} sample mails from {resources.samples()}")
-    _ingest(obj, samples, echo=lambda label, r: click.echo(f"  {r.kind:12} {r.ticket_id or '-':16} "
-                                                           f"{Path(label).name}"))
-    ctx.invoke(tickets_list, status=None, as_json=False)
-    click.echo(f"outbox: {len(_outbox_rows(obj))} mails rendered and queued (see `mailflow outbox list`; "
-               "they go out once [smtp] is configured)")
+    _ingest(obj, samples, echo=lambda label, r, out: out(f"  {r.kind:12} {r.ticket_id or '-':16} "
+                                                         f"{Path(label).name}"))
+    click.echo("")
+    ctx.invoke(tickets_list, status=None, overdue=False, due_within=None, breached=None, as_json=False)
+    click.echo(f"\noutbox: {len(_outbox_rows(obj))} mails rendered and queued; they go out once [smtp] is "
+               "configured")
+    click.echo(f"look around: `{look} tickets show ID`, `{look} outbox list`, `{look} simulate FILE.eml`")
+    click.echo(f"start over: `rm -r {data}`")
 
 
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table (keys documented in the README).")
 @click.option("--explain", is_flag=True, help="Also show the body and where the quoted part was cut, by which rule.")
 @click.pass_obj
 def simulate(obj: Ctx, files: tuple[Path, ...], as_json: bool, explain: bool) -> None:
@@ -361,7 +414,7 @@ def _ticket_summary(t: dict, store: Store) -> dict:
 
 @main.group()
 def tickets() -> None:
-    """List and show tickets."""
+    """List and show tickets: `tickets list [--overdue]`, `tickets show ID`."""
 
 
 def _duration(value: str) -> float:
@@ -381,7 +434,7 @@ def _duration(value: str) -> float:
               help="Only tickets with a running SLA clock due within this time (30m, 2h, 1d).")
 @click.option("--breached", type=click.Choice(["first_response", "next_response", "resolution"]),
               help="Only tickets whose clock breached its target (running or stopped).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table (keys documented in the README).")
 @click.pass_obj
 def tickets_list(obj: Ctx, status: str | None, overdue: bool, due_within: str | None, breached: str | None,
                  as_json: bool) -> None:
@@ -424,10 +477,12 @@ def tickets_list(obj: Ctx, status: str | None, overdue: bool, due_within: str | 
 
 @tickets.command("show")
 @click.argument("ticket_id")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table (keys documented in the README).")
 @click.pass_obj
 def tickets_show(obj: Ctx, ticket_id: str, as_json: bool) -> None:
-    """One ticket (hot or archived): fields, SLA, and its timeline of messages and changes."""
+    """One ticket (hot or archived): fields, every SLA clock, and its timeline of messages and changes.
+
+    Example: `mailflow tickets show CW202611240001` (times in [tickets] timezone; --json for tools)."""
     from mailflow import services
 
     out = services.ticket_view(obj.store(), ticket_id, obj.cfg, obj.clock.now())
@@ -511,23 +566,28 @@ def sla_explain(obj: Ctx, ticket_id: str) -> None:
 
 @main.group()
 def quarantine() -> None:
-    """Mail that could not be processed: list, show, replay."""
+    """Mail that could not be processed (or that a rule tagged spam): list, show, replay."""
 
 
 @quarantine.command("list")
 @click.option("--all", "show_all", is_flag=True, help="Include replayed items.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table (keys documented in the README).")
 @click.pass_obj
 def quarantine_list(obj: Ctx, show_all: bool, as_json: bool) -> None:
-    items = [q for q in obj.store().quarantined() if show_all or q.get("status") == "held"]
+    """Mail held back (cannot be parsed or processed, or tagged spam by a rule), with the reason.
+
+    Example: `mailflow quarantine list`, then `mailflow quarantine show 3` and `quarantine replay 3`."""
+    from mailflow.cliutil import Column, echo_table
+
+    items = [q for q in obj.store().quarantined() if show_all or q.get("status") in ("held", "spam")]
     if as_json:
         click.echo(json.dumps(items, ensure_ascii=False, indent=2))
         return
-    if not items:
-        click.echo("quarantine is empty")
     for q in items:
-        click.echo(f"{q['qid']:>5}  {q['at']}  {q.get('mailbox') or 'ingest'}:{q.get('uid') or '-'}  "
-                   f"{q['status']}  {q['reason']}")
+        q["where"] = f"{q.get('mailbox') or 'ingest'}:{q.get('uid') or '-'}"
+    echo_table(items, [Column("qid", "ID", kind="number"), Column("at", "AT", kind="time"), Column("where", "FROM"),
+                       Column("status", "STATUS"), Column("reason", "REASON", shrink=True, min_width=20)],
+               tz=obj.cfg.tz, empty="quarantine is empty")
 
 
 @quarantine.command("show")
@@ -535,6 +595,9 @@ def quarantine_list(obj: Ctx, show_all: bool, as_json: bool) -> None:
 @click.option("--raw", is_flag=True, help="Print the raw message.")
 @click.pass_obj
 def quarantine_show(obj: Ctx, qid: str, raw: bool) -> None:
+    """One quarantined mail: why, where it came from, its headers (or the whole raw mail with --raw).
+
+    Example: `mailflow quarantine show 3 --raw > held.eml`, then `mailflow simulate --explain held.eml`."""
     store = obj.store()
     q = store.quarantine_item(qid)
     if q is None:
@@ -553,7 +616,9 @@ def quarantine_show(obj: Ctx, qid: str, raw: bool) -> None:
 @click.argument("qid")
 @click.pass_obj
 def quarantine_replay(obj: Ctx, qid: str) -> None:
-    """Process a quarantined message again (after fixing rules, templates or the code)."""
+    """Process a quarantined message again (after fixing rules, templates or the code).
+
+    Example: `mailflow quarantine replay 3`; exit 1 if it is still refused."""
     from mailflow import services
 
     r = services.replay(obj.runtime(), qid)
@@ -573,23 +638,30 @@ def _outbox_rows(obj: Ctx) -> list[dict]:
 
 @main.group()
 def outbox() -> None:
-    """Queued, sent and failed outgoing mail."""
+    """Queued, sent and failed outgoing mail: `outbox list`, `outbox retry ROW`."""
 
 
 @outbox.command("list")
 @click.option("--status", type=click.Choice(["queued", "sent", "failed"]))
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table (keys documented in the README).")
 @click.pass_obj
 def outbox_list(obj: Ctx, status: str | None, as_json: bool) -> None:
+    """Outgoing mail: queued (and when it is tried next), sent, failed (and why).
+
+    Example: `mailflow outbox list --status failed`, then `mailflow outbox retry ROW`."""
+    from mailflow.cliutil import Column, echo_table
+
     rows = [r for r in _outbox_rows(obj) if status is None or r["status"] == status]
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return
-    if not rows:
-        click.echo("outbox is empty")
     for r in rows:
-        click.echo(f"{r['row']:>6} {r['status']:7} {r['ticket_id']:16} {r['template']:13} "
-                   f"{','.join(r['to'])}  tries={r['attempts']}  {r['last_error'] or ''}")
+        r["when"] = r.get("sent_at") if r["status"] == "sent" else r.get("next_attempt_at")
+    echo_table(rows, [Column("row", "ROW", kind="number"), Column("status", "STATUS"), Column("ticket_id", "TICKET"),
+                      Column("template", "TEMPLATE"), Column("to", "TO", kind="list", shrink=True),
+                      Column("when", "SENT/NEXT TRY", kind="time"), Column("attempts", "TRIES", kind="number"),
+                      Column("subject", "SUBJECT", shrink=True), Column("last_error", "LAST ERROR", shrink=True)],
+               tz=obj.cfg.tz, empty="outbox is empty")
 
 
 @outbox.command("retry")
@@ -613,10 +685,13 @@ def outbox_retry(obj: Ctx, row: str, resend: bool) -> None:
 # ---- status -----------------------------------------------------------------------------------
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table (keys documented in the README).")
 @click.pass_obj
 def status(obj: Ctx, as_json: bool) -> None:
-    """Mailboxes and their last poll, tickets by status, outbox depth, quarantine size, last error."""
+    """Mailboxes and their last poll, tickets by status, outbox depth, quarantine size, last error, and
+    the running daemon's own state (its last reload and why it was rejected). Safe while it runs.
+
+    Example: `mailflow status` or `mailflow status --json` for monitoring."""
     from mailflow import services
 
     store = Store(obj.cfg.data_dir, create=False) if obj.cfg.data_dir.is_dir() else None

@@ -489,6 +489,8 @@ class Progress:
             width = os.get_terminal_size(self.stream.fileno()).columns
         except (OSError, ValueError, AttributeError):
             width = shutil.get_terminal_size().columns
+        if width < 20:  # a terminal that reports no size (a fresh pseudo-terminal): assume 80
+            width = 80
         try:
             self.stream.write("\r" + self.line(now, width) + "\x1b[K")
             self.stream.flush()
@@ -496,6 +498,20 @@ class Progress:
             self.active = False
             return
         self.shown = True
+
+    def echo(self, text: str) -> None:
+        """Print a line of the command's own output (stdout) without tearing the progress line:
+        erase it, print, draw it again."""
+        shown = self.shown
+        if shown:
+            try:
+                self.stream.write("\r\x1b[K")
+                self.stream.flush()
+            except OSError:
+                self.active = False
+        click.echo(text)
+        if shown and self.active:
+            self._draw(self.clock())
 
     def finish(self) -> None:
         """Erase the line if one was drawn; later calls draw nothing."""
