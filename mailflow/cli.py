@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
+from mailflow import cli_report, resources
 from mailflow import config as config_mod
-from mailflow import resources
 from mailflow.cliutil import GlobalOptionsGroup
 from mailflow.clock import Clock
 from mailflow.errors import ProblemsError
@@ -494,6 +494,8 @@ def status(obj: Ctx, as_json: bool) -> None:
     if out["outbox_last_error"]:
         click.echo(f"last SMTP error: {out['outbox_last_error']}")
 
+
+cli_report.register(main)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
