@@ -444,7 +444,7 @@ def outbox_list(obj: Ctx, status: str | None, as_json: bool) -> None:
     if not rows:
         click.echo("outbox is empty")
     for r in rows:
-        click.echo(f"{r['row']:>6} {r['status']:7} {r['ticket_id']:16} {r['template']:13} "
+        click.echo(f"{r['row']:>6} {r['status']:7} {r['ticket_id'] or '-':16} {r['template']:13} "
                    f"{','.join(r['to'])}  tries={r['attempts']}  {r['last_error'] or ''}")
 
 

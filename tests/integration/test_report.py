@@ -309,3 +309,23 @@ def test_due_mails_ledger_weekly_and_recipients(tmp_path):
     assert all(r["ticket_id"] is None and r["auto"] is False for r in rows)
     assert st.get_meta("report:monthly:2026-11:all")["sent"] == sorted([MIA, "boss@example.com"])
     assert st.get_meta("auto:boss@example.com") is None  # not counted by the flood cap
+
+
+def test_report_rows_without_a_ticket_survive_refusal_and_list(tmp_path, smtp_sink):
+    from mailflow.outbox import Outbox
+    from mailflow.render import Templates
+    from mailflow.store import Store
+    from tests.integration.helpers import write_config
+
+    p = write_config(tmp_path, smtp=smtp_sink, staff=f'[[staff]]\nemail = "{MIA}"\nname = "Mia"\nrole = "manager"\n',
+                     extra='[reports]\nmonthly_to = ["role:manager"]\n')
+    cfg = config.load(p)
+    st = Store(cfg.data_dir)
+    now = datetime(2026, 12, 1, 9, 30, tzinfo=SH)
+    [(rm, row)] = report.send_due(st, Outbox(cfg, st, Templates.load(cfg.templates_dir)), cfg, now)
+    smtp_sink.fail_code = 550
+    r = mailflow(p, "--now", "2026-12-01T09:31+08:00", "run", "--once", check=False)
+    assert r.returncode == 0, r.stderr
+    listed = mailflow(p, "outbox", "list").stdout
+    assert "failed" in listed and "report" in listed and f"{row:>6}" in listed
+    assert st.get_meta(rm.ledger_key)["sent"] == [MIA]  # queued once: a refusal is not a reason to resend
