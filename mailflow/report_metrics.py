@@ -378,7 +378,7 @@ def _add(acc: _Acc, s: dict, st: _State) -> bool:
             acc.one_touch += 1
         if st.reopens:
             acc.reopened += 1
-        if st.rating is not None:
+        if st.rating is not None and st.rating[0] >= at:  # the survey of this resolution was answered
             acc.resolved_rated += 1
         prio = acc.sla_prio.setdefault(s.get("prio") or NONE, {c: [0, 0] for c in CLOCKS})
         outcomes = [("first_response", fr_ok), ("resolution", rs_ok),

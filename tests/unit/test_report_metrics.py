@@ -291,3 +291,10 @@ def test_a_torn_last_line_and_a_changed_policy(tmp_path):
     d = report.build(st, relaxed, NOV, DEC1).data  # another policy: another cache, the old one is gone
     assert d["sla"]["first_response"]["achieved"] == 1
     assert len(list((tmp_path / "data" / "archive" / "summaries").glob("2026-11.*.jsonl"))) == 1
+
+
+def test_the_response_rate_counts_a_rating_of_the_last_resolution_only():
+    # rated 1 (reopened), resolved again and not rated again: that survey went unanswered
+    k = Tk("CWV", at(11, 2, 9)).resolve(at(11, 2, 10)).rate(at(11, 2, 11), 1).resolve(at(11, 3, 10))
+    d = run([k]).data
+    assert d["tickets_resolved"] == 1 and d["csat"]["ratings"] == 1 and d["csat"]["response_rate_pct"] == 0.0
