@@ -22,6 +22,7 @@ from __future__ import annotations
 import email.policy
 import logging
 import secrets
+import time as _time
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from email.message import EmailMessage
@@ -34,6 +35,8 @@ from mailflow.report_metrics import Period, last_complete
 log = logging.getLogger("mailflow.report")
 
 KINDS = {"monthly": "month", "weekly": "week"}
+RETRY_AFTER = 900.0  # seconds before a report that failed to build (a broken template) is tried again
+_failed: dict[str, float] = {}  # ledger key -> monotonic time of the last failure, in this process
 
 
 @dataclass(frozen=True)
@@ -166,10 +169,18 @@ def build_mail(cfg: Config, store, rm: ReportMail, now: datetime, metrics=None) 
 def send_due(store, outbox, cfg: Config, now: datetime) -> list[tuple[ReportMail, str]]:
     """Queue every due report mail through the outbox and mark it in the ledger in the same batch;
     [(ReportMail, outbox row)] of what was queued. Safe to call on every pass (the scheduler's)."""
-    due = due_mails(cfg, store, now)
-    if not due:
+    due = [rm for rm in due_mails(cfg, store, now)
+           if _time.monotonic() - _failed.get(rm.ledger_key, -RETRY_AFTER) >= RETRY_AFTER]
+    built = []
+    for rm in due:
+        try:
+            built.append((rm, *build_mail(cfg, store, rm, now)))
+        except Exception as e:  # noqa: BLE001 - a broken report template must not stop the scheduler
+            _failed[rm.ledger_key] = _time.monotonic()
+            log.error("report %s %s (%s) not sent: %s: %s; trying again in %d min", rm.kind, rm.period.label,
+                      rm.scope, type(e).__name__, e, RETRY_AFTER // 60)
+    if not built:
         return []
-    built = [(rm, *build_mail(cfg, store, rm, now)) for rm in due]
     refs = outbox.segments.write([data for _rm, data, _s, _m in built])  # durable before the rows
     from_addr, _name, mailbox = _sender(cfg)
     queued = []

@@ -241,7 +241,9 @@ def iter_summaries(store, cfg: Config, created_from: int | None = None, created_
         return
     hot_ids: set[str] = set()
     n = 0
-    for t in store.all_tickets():
+    with store.mutex:  # a snapshot: the daemon's threads replace fields and event lists, never edit them
+        hot = [dict(t) for t in store.all_tickets()]
+    for t in hot:
         hot_ids.add(t.get("id"))
         s = summary.summarize(t, cfg)
         if s["created"] is not None and (created_to is None or s["created"] < created_to):

@@ -329,3 +329,31 @@ def test_report_rows_without_a_ticket_survive_refusal_and_list(tmp_path, smtp_si
     listed = mailflow(p, "outbox", "list").stdout
     assert "failed" in listed and "report" in listed and f"{row:>6}" in listed
     assert st.get_meta(rm.ledger_key)["sent"] == [MIA]  # queued once: a refusal is not a reason to resend
+
+
+def test_a_broken_report_template_is_logged_and_not_retried_at_once(tmp_path, caplog):
+    import shutil
+
+    from mailflow import report_mail
+    from mailflow.outbox import Outbox
+    from mailflow.render import Templates
+    from mailflow.store import Store
+
+    tpl = tmp_path / "templates"
+    shutil.copytree(REPO / "templates", tpl)
+    page = tpl / "report" / "html" / "report.html.j2"
+    page.write_text(page.read_text(encoding="utf-8").replace("{{ title }}", "{{ report.no_such_figure }}", 1))
+    p = tmp_path / "c.toml"
+    p.write_text(f'[storage]\ndata_dir = "{tmp_path / "data"}"\n[templates]\ndir = "{tpl}"\n'
+                 '[reports]\nmonthly_to = ["boss@example.com"]\n', encoding="utf-8")
+    cfg = config.load(p)
+    st = Store(cfg.data_dir)
+    box = Outbox(cfg, st, Templates.load(cfg.templates_dir))  # `check` accepts it: it only fails on real data
+    now = datetime(2026, 12, 1, 9, 30, tzinfo=SH)
+    report_mail._failed.clear()
+    assert report.send_due(st, box, cfg, now) == []
+    assert "report monthly 2026-11 (all) not sent" in caplog.text and "no_such_figure" in caplog.text
+    assert report.due_mails(cfg, st, now)  # still due (nothing queued, nothing in the ledger) ...
+    caplog.clear()
+    assert report.send_due(st, box, cfg, now) == [] and "not sent" not in caplog.text  # ... but not rebuilt now
+    report_mail._failed.clear()
