@@ -16,7 +16,15 @@ from collections.abc import Callable
 from datetime import datetime
 
 from mailflow.config import Config
-from mailflow.report_mail import ReportMail, build_mail, due_mails, recipients_by_scope, send_due, send_time
+from mailflow.report_mail import (
+    ReportMail,
+    build_mail,
+    due_mails,
+    next_send,
+    recipients_by_scope,
+    send_due,
+    send_time,
+)
 from mailflow.report_metrics import (
     DIMENSIONS,
     TREND,
@@ -44,7 +52,7 @@ from mailflow.store import Store
 __all__ = [
     "DIMENSIONS", "Metrics", "Period", "PeriodError", "ReportMail", "build", "build_mail", "calendar_of",
     "check_report_templates", "compute", "due_mails", "iter_summaries", "last_complete", "month_period",
-    "open_store", "parse_period", "recipients_by_scope", "render_csv", "render_html", "render_json",
+    "next_send", "open_store", "parse_period", "recipients_by_scope", "render_csv", "render_html", "render_json",
     "render_mail_parts", "render_text", "send_due", "send_time", "timezone_of", "week_period",
 ]
 

@@ -103,6 +103,22 @@ def send_time(cfg: Config, period: Period) -> datetime:
     return datetime.combine(d, time(h, m), tzinfo=cal.tz)
 
 
+def next_send(cfg: Config, now: datetime) -> datetime | None:
+    """The next instant after `now` at which a report can become due (for the scheduler's sleep);
+    None when `[reports]` mails nothing."""
+    from mailflow.report import timezone_of
+
+    tz = timezone_of(cfg)
+    out = []
+    for kind, targets in (("monthly", cfg.reports.monthly_to), ("weekly", cfg.reports.weekly_to)):
+        if not targets:
+            continue
+        period = last_complete(KINDS[kind], now, tz)
+        when = send_time(cfg, period)
+        out.append(when if when > now else send_time(cfg, period.shifted(1)))
+    return min(out) if out else None
+
+
 def _sent(store, key: str) -> set[str]:
     v = store.get_meta(key) if store is not None else None
     return set((v or {}).get("sent", [])) if isinstance(v, dict) else set()

@@ -293,6 +293,8 @@ def test_due_mails_ledger_weekly_and_recipients(tmp_path):
         ("monthly", "2026-10", "all", (MIA, "boss@example.com")), ("weekly", "2026-W48", "team:tech", (ALICE, BOB))]
     assert not report.due_mails(cfg, st, datetime(2026, 11, 30, 8, 59, tzinfo=SH))[1:]  # weekly: from 09:00
     assert len(report.send_due(st, box, cfg, mon)) == 2 and not report.send_due(st, box, cfg, mon)
+    assert report.next_send(cfg, mon).isoformat() == "2026-12-01T09:00:00+08:00"  # November's, then W49's
+    assert report.next_send(cfg, datetime(2026, 12, 1, 9, 0, tzinfo=SH)).isoformat() == "2026-12-07T09:00:00+08:00"
     tue = datetime(2026, 12, 1, 9, 0, tzinfo=SH)
     assert [(rm.kind, rm.period.label) for rm in report.due_mails(cfg, st, tue)] == [("monthly", "2026-11")]
     report.send_due(st, box, cfg, tue)
