@@ -298,7 +298,7 @@ class _Acc:
         return g
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     """A ticket as it stood at a cut-off: status, resolution counted there, reopens, last rating."""
 
@@ -537,26 +537,27 @@ def compute(summaries: Iterable[dict], period: Period, now: datetime, *, team: s
     main = accs[-1]
     earliest = accs[0].start
     out_rows: list[dict] = []
+    starts = [a.start for a in light]
+    light_end = light[-1].cut if light else 0
     for s in summaries:
         created = s.get("created")
         if created is None or created >= main.cut or s.get("v") != VERSION:
             continue
         if team is not None and s.get("team") != team:
             continue
-        if s["last"] < earliest and s.get("status") not in OPEN:
+        last_at, still_open = s["last"], s.get("status") in OPEN
+        if last_at < earliest and not still_open:
             continue  # everything about it happened before the oldest period
-        for acc in light:
-            last = None
-            for r in s["rat"]:
-                if r[0] >= acc.cut:
-                    break
-                if r[0] >= acc.start:
-                    last = r
-            if last is not None:
-                acc.scores.append(last[1])
+        if light and s["rat"]:  # the older periods of the trend: the last rating in each
+            seen: dict[int, int] = {}
+            for at, score in s["rat"]:
+                if earliest <= at < light_end:
+                    seen[bisect.bisect_right(starts, at) - 1] = score
+            for i, score in seen.items():
+                light[i].scores.append(score)
         for acc in full:
-            if created >= acc.cut:
-                continue
+            if created >= acc.cut or (last_at < acc.start and not still_open):
+                continue  # created after it, or settled before it began
             st = state_at(s, acc.cut)
             if _add(acc, s, st) and rows and acc is main:
                 out_rows.append(_row(s, st, acc))

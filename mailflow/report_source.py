@@ -200,29 +200,17 @@ class _MonthCache:
             yield from _newest(list(self._summaries(0, size)))
             return
         with open(self.cache, "rb") as f:
-            last: dict[bytes, int] = {}
-            count = 0
-            for line in _upto(f, length):
-                last[line[:line.find(b"\t")]] = count
-                count += 1
-            unique = len(last) == count  # no ticket twice (the usual case): no look-ups below
-            f.seek(0)
-            for i, line in enumerate(_upto(f, length)):
-                if unique or last.get(line[:line.find(b"\t")]) == i:
-                    yield line
-
-
-def _upto(f, length: int) -> Iterator[bytes]:
-    """The complete lines of an open file within its first `length` bytes."""
-    for line in f:
-        length -= len(line)
-        if length < 0 or not line.endswith(b"\n"):
-            return
-        yield line
+            lines = f.read(length).split(b"\n")  # one month at a time: memory stays flat over the history
+        lines.pop()  # the part after the last newline (empty, or a line another report is writing)
+        yield from _newest(lines)
 
 
 def _newest(lines: list[bytes]) -> Iterator[bytes]:
+    """The lines of the newest copy of each ticket (the last line with its id)."""
     last = {line[:line.find(b"\t")]: i for i, line in enumerate(lines)}
+    if len(last) == len(lines):  # no ticket twice (the usual case)
+        yield from lines
+        return
     for i, line in enumerate(lines):
         if last[line[:line.find(b"\t")]] == i:
             yield line
