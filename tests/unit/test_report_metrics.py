@@ -298,3 +298,19 @@ def test_the_response_rate_counts_a_rating_of_the_last_resolution_only():
     k = Tk("CWV", at(11, 2, 9)).resolve(at(11, 2, 10)).rate(at(11, 2, 11), 1).resolve(at(11, 3, 10))
     d = run([k]).data
     assert d["tickets_resolved"] == 1 and d["csat"]["ratings"] == 1 and d["csat"]["response_rate_pct"] == 0.0
+
+
+def test_the_bundled_report_templates_check_clean_and_a_broken_one_is_named(tmp_path):
+    import shutil
+
+    from mailflow import resources
+    from mailflow.report_render import check_report_templates, render_mail_parts
+
+    assert check_report_templates() == []
+    tpl = tmp_path / "templates"
+    shutil.copytree(resources.bundled_templates(), tpl)
+    (tpl / "report" / "en" / "mail.txt.j2").write_text("{{ L.no_such_label }}\n", encoding="utf-8")
+    [problem] = check_report_templates(tpl)
+    assert "report/en/mail.*.j2" in problem and "no_such_label" in problem
+    subject, text = render_mail_parts(run(contract_tickets(), locale="en"))
+    assert subject == "Support report 2026-11" and "New tickets: 3 (previous 0, change +3)" in text
