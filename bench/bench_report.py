@@ -14,7 +14,8 @@ measures wall time and peak RSS (``wait4``):
 - ``cold``: no summary cache yet (``archive/summaries/`` removed): every archive line of the months
   the report reads is parsed and summarized, and the cache is written;
 - ``warm``: the cache is there (what every later report, and the scheduled mail, does);
-- ``append``: one more month file grows by ``--append`` tickets first (what a day of archiving adds).
+- ``append``: the report month's file grows by ``--append`` tickets first (what a day of archiving
+  adds); they are cut off again afterwards, so the cached data set stays as built.
 
 The archive index of the data helper (`Store.iter_archived_summaries`) is not used here unless the
 store has it; then ``warm`` measures it instead of the cache.
@@ -53,6 +54,7 @@ except ImportError:  # pragma: no cover
         return json.dumps(o, ensure_ascii=False, separators=(",", ":")).encode()
 
 VERSION = 1
+MARKER = "<!-- bench_report rows above -->"  # --record puts its row before this line of RESULTS.md
 TZ = ZoneInfo("Asia/Shanghai")
 AGENTS = [f"agent{i:02d}@support.example" for i in range(12)]
 # category, team, priority weights (urgent, high, normal, low), share, tags
@@ -320,9 +322,14 @@ def main() -> int:
         print(f"  cold run {i + 1}: {cold[-1]['seconds']:.1f} s, {cold[-1]['rss_mb']:.0f} MB", file=sys.stderr)
         warm.append(run_report(base, a.month, now))
         print(f"  warm run {i + 1}: {warm[-1]['seconds']:.2f} s, {warm[-1]['rss_mb']:.0f} MB", file=sys.stderr)
-    _append(base, a.append, month)  # the data dir changes: rebuild it for the next benchmark (.done removed)
-    (base / ".done").unlink(missing_ok=True)
-    appended = run_report(base, a.month, now)
+    month_file = base / "data" / "archive" / f"{month:%Y-%m}.jsonl"
+    size = month_file.stat().st_size
+    _append(base, a.append, month)
+    try:
+        appended = run_report(base, a.month, now)
+    finally:  # back to the cached data set (the cache of that month is made again next time)
+        with open(month_file, "r+b") as f:
+            f.truncate(size)
     d = warm[-1]["data"]
     assert d == cold[-1]["data"] | {"generated_at": d["generated_at"]}, "cold and warm reports differ"
     assert appended["data"]["tickets_new"] == d["tickets_new"] + a.append, "the appended tickets are missing"
@@ -338,8 +345,16 @@ def main() -> int:
     if a.record:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=ROOT).stdout.strip()
-        with open(a.record, "a", encoding="utf-8") as f:
-            f.write(f"\n<!-- bench_report {datetime.now(UTC):%Y-%m-%d} {commit} -->\n`{line}`\n")
+        row = (f"| {datetime.now(UTC):%Y-%m-%d} | {commit} | {platform.python_version()}, {os.cpu_count()} cores, "
+               f"load {os.getloadavg()[0]:.1f} | {a.tickets:,} | {a.months} | {a.runs} "
+               f"| {med(r['seconds'] for r in cold):.1f} | {max(r['rss_mb'] for r in cold):.0f} "
+               f"| {med(r['seconds'] for r in warm):.2f} | {med(r['cpu'] for r in warm):.2f} "
+               f"| {max(r['rss_mb'] for r in warm):.0f} | {appended['seconds']:.2f} |\n")
+        path = Path(a.record)
+        text = path.read_text(encoding="utf-8")
+        if MARKER not in text:
+            raise SystemExit(f"{path}: no {MARKER} line to put the row before")
+        path.write_text(text.replace(MARKER, row + MARKER, 1), encoding="utf-8")
     return 0
 
 
