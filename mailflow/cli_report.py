@@ -34,7 +34,7 @@ def _fail(msg: str) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file, not stdout.")
 @click.option("--by", type=click.Choice(["team", "agent", "category", "mailbox", "tag"]),
               help="Add a breakdown by this (team and agent tables are always there).")
-@click.option("--team", help="Only this team's tickets: the department's own report.")
+@click.option("--team", metavar="NAME", help="Only this team's tickets: the department's own report.")
 @click.option("--locale", type=click.Choice(["zh", "zh-Hant", "en"]),
               help="Language of labels (default: [reports] locale, else [templates] default_locale).")
 @click.option("--unmask", is_flag=True, help="CSV: full customer addresses (masked by default).")
