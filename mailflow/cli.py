@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
+from mailflow import cli_report, resources
 from mailflow import config as config_mod
-from mailflow import resources
 from mailflow.cliutil import GlobalOptionsGroup
 from mailflow.clock import Clock
 from mailflow.errors import ProblemsError
@@ -722,6 +722,8 @@ def status(obj: Ctx, as_json: bool) -> None:
         elif rl:
             click.echo(f"last reload: ok at {rl['at']} ({rl['reason']})")
 
+
+cli_report.register(main)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -119,6 +119,18 @@ class OutboundConfig:
 
 
 @dataclass
+class ReportsConfig:
+    """`[reports]`: who gets the scheduled reports, in which language, and how far back they look."""
+
+    monthly_to: list[str] = field(default_factory=list)  # addresses, "team:NAME", "role:ROLE"
+    weekly_to: list[str] = field(default_factory=list)
+    locale: str = ""  # "" = [templates] default_locale
+    send_at: str = "09:00"  # local time on the first working day of the next period
+    calendar: str = "default"  # working days and time zone of the schedule and the periods
+    lookback_months: int = 6  # archived tickets created this long before the oldest period still count
+
+
+@dataclass
 class Config:
     path: Path | None
     data_dir: Path
@@ -144,6 +156,7 @@ class Config:
     auto_close_days: float = 7.0  # calendar days a resolved ticket waits for the customer
     permissions: dict[str, list[str]] = field(default_factory=dict)  # command -> roles that may use it
     archive_after_days: float = 3.0  # closed tickets leave the hot database after this many days
+    reports: ReportsConfig = field(default_factory=ReportsConfig)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -355,7 +368,8 @@ def _sla_policy(data: dict, timezone: str, mailboxes: list[MailboxConfig], fname
 
 
 TOP_KEYS = {"storage", "rules", "templates", "company", "customers", "tickets", "mailbox", "smtp", "staff",
-            "sla", "outbound", "logging", "routing", "attachments", "permissions", "calendar", "calendars"}
+            "sla", "outbound", "logging", "routing", "attachments", "permissions", "calendar", "calendars",
+            "reports"}
 ROLES = ("agent", "lead", "manager")
 
 
@@ -557,9 +571,45 @@ def from_dict(data: dict, fname: str, base: Path, path: Path | None = None) -> C
         cfg.calendars, cfg.sla = _sla_policy(data, cfg.timezone if tz_ok else "UTC", cfg.mailboxes, fname)
     except ConfigError as e:
         r.problems.extend(e.problems)
+    cfg.reports = _reports(r, table("reports"), cfg)
     if r.problems:
         raise ConfigError(r.problems)
     return cfg
+
+
+def _reports(r: _Reader, t: dict, cfg: Config) -> ReportsConfig:
+    """`[reports]`; recipients are plain addresses, `team:NAME` (a team some staff member is in) or
+    `role:ROLE` (every staff member with that role)."""
+    p = "reports."
+    r.unknown(t, {"monthly_to", "weekly_to", "locale", "send_at", "calendar", "lookback_months"}, p)
+    rc = ReportsConfig(
+        monthly_to=r.get(t, "monthly_to", list, [], p), weekly_to=r.get(t, "weekly_to", list, [], p),
+        locale=r.get(t, "locale", str, "", p) or cfg.default_locale, send_at=r.get(t, "send_at", str, "09:00", p),
+        calendar=r.get(t, "calendar", str, "default", p), lookback_months=r.get(t, "lookback_months", int, 6, p),
+    )
+    teams = {team for s in cfg.staff for team in s.teams}
+    for key in ("monthly_to", "weekly_to"):
+        for i, v in enumerate(getattr(rc, key)):
+            where = f"{p}{key}[{i}]"
+            if not isinstance(v, str) or not v.strip():
+                r.err(where, f"must be an address, team:NAME or role:ROLE, not {v!r}")
+            elif v.startswith("team:"):
+                if v[5:] not in teams:
+                    r.err(where, f"no [[staff]] member is in team {v[5:]!r}")
+            elif v.startswith("role:"):
+                if v[5:] not in ROLES:
+                    r.err(where, f"unknown role {v[5:]!r} (one of {', '.join(ROLES)})")
+            else:
+                _plain_address(r, where, v)
+    if rc.locale not in ("zh", "zh-Hant", "en"):
+        r.err(f"{p}locale", f"must be zh, zh-Hant or en, not {rc.locale!r}")
+    if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", rc.send_at):
+        r.err(f"{p}send_at", f"must be a time like 09:00, not {rc.send_at!r}")
+    if cfg.calendars and rc.calendar not in cfg.calendars:
+        r.err(f"{p}calendar", f"unknown calendar {rc.calendar!r} (one of {', '.join(sorted(cfg.calendars))})")
+    if not 0 <= rc.lookback_months <= 120:
+        r.err(f"{p}lookback_months", f"must be 0 to 120, not {rc.lookback_months}")
+    return rc
 
 
 def apply_env(cfg: Config) -> Config:

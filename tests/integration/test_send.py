@@ -396,7 +396,7 @@ def test_kill_9_during_a_flush_of_1000_mails_duplicates_at_most_one_per_kill(tmp
     import subprocess
     import sys
 
-    from tests.integration.helpers import REPO, make_mail, mailflow
+    from tests.integration.helpers import REPO, mailflow, make_mail
 
     n = 1000
     mails = tmp_path / "in"
