@@ -185,7 +185,10 @@ def check(obj: Ctx, connect: bool) -> None:
             click.echo(p, err=True)
         sys.exit(1)
     fname = obj.config_path or "(embedded defaults)"
-    problems = [*check_rules(cfg.rules_dir), *check_templates(cfg.templates_dir)]
+    from mailflow.report_render import check_report_templates
+
+    problems = [*check_rules(cfg.rules_dir), *check_templates(cfg.templates_dir),
+                *check_report_templates(cfg.templates_dir)]
     if not problems:  # every template a rule names must exist
         try:
             names = Templates.load(cfg.templates_dir).names()

@@ -355,13 +355,13 @@ class Scheduler:
             if n:
                 self.on_work()
             delay = SCHEDULER_MAX_SLEEP
-            with rt.store.mutex:
-                nxt = rt.store.next_wake()
-            if nxt is not None:
-                from mailflow.clock import parse_iso
-
-                at = parse_iso(nxt)
-                delay = 0.0 if at is None else min(delay, max(0.0, (at - rt.clock.now()).total_seconds()))
+            try:
+                at = services.next_wake(rt)
+            except Exception as e:  # noqa: BLE001 - sleep the maximum and look again
+                log.error("scheduler cannot compute its next wake-up: %s: %s", type(e).__name__, e)
+                at = None
+            if at is not None:
+                delay = min(delay, max(0.0, (at - rt.clock.now()).total_seconds()))
             self.beat, self.allowance = time.monotonic(), delay + 10
             if delay > 0:
                 self._wake.wait(delay)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from mailflow.clock import iso
@@ -78,7 +79,8 @@ def run_once(rt: Runtime, echo: Echo, err: Echo) -> PassReport:
                     w.close()
             rep.timers = timers_pass(rt)  # after intake, as the daemon's scheduler would
             if rep.timers:
-                echo(f"timers: {rep.timers} ticket(s) with reminders, escalations or auto-close")
+                echo(f"timers: {rep.timers} ticket(s) or report(s) with reminders, escalations, auto-close "
+                     "or scheduled mail")
                 sender.wake()
         finally:
             sender.finish()
@@ -101,10 +103,26 @@ def run_once(rt: Runtime, echo: Echo, err: Echo) -> PassReport:
 
 
 def timers_pass(rt: Runtime) -> int:
-    """Everything time has made due (reminders, escalations, customer updates, auto-close), as of the
-    runtime's clock, in one batch; returns how many tickets had something fire."""
-    res = rt.pipeline.run_timers(rt.clock.now())
-    return sum(1 for r in res if r.fired or r.plan.route == "auto_close")
+    """Everything time has made due (reminders, escalations, customer updates, auto-close, scheduled
+    reports), as of the runtime's clock; returns how many tickets and reports had something fire."""
+    from mailflow import report_mail
+
+    now = rt.clock.now()
+    res = rt.pipeline.run_timers(now)
+    reports = report_mail.send_due(rt.store, rt.pipeline.outbox, rt.cfg, now)
+    return sum(1 for r in res if r.fired or r.plan.route == "auto_close") + len(reports)
+
+
+def next_wake(rt: Runtime) -> datetime | None:
+    """When the scheduler must look again: the earliest ticket wake-up or the next report."""
+    from mailflow import report_mail
+    from mailflow.clock import parse_iso
+
+    with rt.store.mutex:
+        nxt = rt.store.next_wake()
+    ticket = parse_iso(nxt) if nxt and nxt != "0000" else (rt.clock.now() if nxt else None)
+    report = report_mail.next_send(rt.cfg, rt.clock.now())
+    return min((t for t in (ticket, report) if t is not None), default=None)
 
 
 def housekeeping(rt: Runtime) -> tuple[int, int]:

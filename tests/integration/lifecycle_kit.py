@@ -94,6 +94,10 @@ class Scenario:
             self.seen = len(self.sink.messages)
         return [parsed(d) for _f, rcpts, d in msgs if to is None or to in rcpts]
 
+    def latest_all(self) -> list:
+        """Every mail the sink accepted so far, parsed."""
+        return [parsed(d) for _f, _r, d in self.sink.messages]
+
     def latest(self, to: str, template: str | None = None):
         """The newest mail to `to` so far (optionally of one template: X-Mailflow-Template)."""
         got = [parsed(d) for _f, r, d in self.sink.messages if to in r]
