@@ -30,6 +30,7 @@ from functools import lru_cache
 from html.parser import HTMLParser
 from typing import TypeVar
 
+from mailflow import markup as markup_mod
 from mailflow import replies
 from mailflow.model import Attachment, AuthResult, Message
 
@@ -452,34 +453,12 @@ class _HTMLText(HTMLParser):
 MAX_SCAN = 256 * 1024  # text scanned by patterns and HTML turned into text: bounds hostile input
 
 
-def _strip_comments(markup: str) -> str:
-    """Drop <!-- ... --> in linear time (html.parser is quadratic on many unclosed comments)."""
-    out, i = [], 0
-    while True:
-        j = markup.find("<!--", i)
-        if j < 0:
-            out.append(markup[i:])
-            return "".join(out)
-        out.append(markup[i:j])
-        k = markup.find("-->", j + 4)
-        if k < 0:
-            return "".join(out)
-        i = k + 3
-
-
-def _close_tags(markup: str) -> str:
-    """A "<" with no ">" before the next "<" becomes text: html.parser rescans to the end for
-    every unterminated tag (24 KB of "<a " took 3.6 s); after this pass it runs in linear time."""
-    parts = markup.split("<")
-    return parts[0] + "".join(("<" if ">" in seg else "&lt;") + seg for seg in parts[1:])
-
-
 def html_to_text(markup: str) -> str:
     """HTML to plain text with the stdlib parser; falls back to stripping tags if the parser chokes.
 
     Input is capped at MAX_SCAN characters after dropping comments: Python's HTML parser has
     quadratic cases, and one hostile mail must not stall a batch for minutes."""
-    markup = _close_tags(_strip_comments(markup)[:MAX_SCAN])
+    markup = markup_mod.safe(markup, MAX_SCAN)
     parser = _HTMLText()
     try:
         parser.feed(markup)

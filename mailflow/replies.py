@@ -32,6 +32,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
+from mailflow import markup as markup_mod
+
 __all__ = ["Extraction", "Row", "ROWS", "HTML_RULES", "extract", "looks_like_reply", "explain_message"]
 
 MAX_TEXT = 1 << 20  # characters of text analysed; what lies beyond is never new text
@@ -1039,24 +1041,6 @@ class _QuoteHTML(HTMLParser):
             self.lines.pop()
 
 
-def _safe_markup(markup: str) -> str:
-    """Comments dropped and stray '<' escaped in linear time (html.parser is quadratic on both)."""
-    out, i = [], 0
-    while True:
-        j = markup.find("<!--", i)
-        if j < 0:
-            out.append(markup[i:])
-            break
-        out.append(markup[i:j])
-        k = markup.find("-->", j + 4)
-        if k < 0:
-            break
-        i = k + 3
-    markup = "".join(out)[:MAX_HTML]
-    parts = markup.split("<")
-    return parts[0] + "".join(("<" if ">" in seg else "&lt;") + seg for seg in parts[1:])
-
-
 # Substrings (lowercase) of every structure _QuoteHTML reacts to: HTML without any of them has no quote
 # structure, so it is not parsed a second time (parse already turned it into text).
 _STRUCTURE_HINTS = ("blockquote", "gmail_", "divrplyfwdmsg", "appendonsend", "mail-editor-reference", "inline-block",
@@ -1075,7 +1059,7 @@ def _html_lines(markup: str, is_reply: bool, stop: bool = True) -> _QuoteHTML | 
     parser = _QuoteHTML(is_reply, stop)
     try:
         try:
-            parser.feed(_safe_markup(markup))
+            parser.feed(markup_mod.safe(markup, MAX_HTML))
             parser.close()
         except _Stop:
             parser.stop = False
