@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -238,7 +239,8 @@ def test_ingest_quarantine_and_replay(tmp_path):
     assert "1 new" in out and "1 quarantined" in out
     q = mailflow(cfg, "quarantine", "list").stdout
     assert "cannot parse" in q
-    qid = q.split()[0]
+    [held] = json.loads(mailflow(cfg, "quarantine", "list", "--json").stdout)
+    qid = held["qid"]
     assert "no sender" in mailflow(cfg, "quarantine", "show", qid).stdout
     r = mailflow(cfg, "quarantine", "replay", qid, check=False)
     assert r.returncode == 1  # still unparseable: stays quarantined, nothing else harmed
@@ -260,6 +262,9 @@ def test_check_reports_file_key_reason(tmp_path):
 
 
 def test_demo_runs_on_embedded_defaults(tmp_path):
-    r = mailflow(None, "demo", env={"MAILFLOW_DATA_DIR": str(tmp_path / "d")})
+    r = subprocess.run([sys.executable, "-m", "mailflow", "demo"], capture_output=True, text=True, cwd=tmp_path,
+                       env={k: v for k, v in os.environ.items() if not k.startswith("MAILFLOW_")}
+                       | {"PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr
     assert "CW" in r.stdout and "complaint" in r.stdout
-    assert Path(tmp_path / "d" / "mailflow.json").exists()
+    assert Path(tmp_path / "mailflow-data" / "mailflow.json").exists()

@@ -3,6 +3,7 @@ permanent SMTP failures, DMARC backscatter protection, broken templates."""
 
 from __future__ import annotations
 
+import json
 import mailbox
 import time
 
@@ -82,7 +83,7 @@ def test_permanent_failure_is_recorded_on_the_ticket(tmp_path, dovecot_server, s
     assert any(e["kind"] == "send_failed" and "550" in e["detail"] for e in ticket(cfg, t["id"])["events"])
     failed = mailflow(cfg, "outbox", "list", "--status", "failed").stdout
     assert t["id"] in failed
-    row = failed.split()[0]
+    [row] = [r["row"] for r in json.loads(mailflow(cfg, "outbox", "list", "--status", "failed", "--json").stdout)]
     mailflow(cfg, "outbox", "retry", row)
     smtp_sink.refuse_rcpt.clear()
     out = mailflow(cfg, "run", "--once").stdout

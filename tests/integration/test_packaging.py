@@ -104,9 +104,9 @@ def test_sdist_carries_rules_templates_samples_and_config(dists):
     for name in ("rules/classify.yaml", "rules/priority.yaml", "rules/routing.yaml", "rules/escalation.yaml",
                  "templates/zh/ack.txt.j2", "templates/en/ack.html.j2", "templates/zh-Hant/ack.txt.j2",
                  "templates/zh/_commands.txt.j2", "mailflow/example.toml", "mailflow/samples/03-inquiry-zh-big5.eml",
-                 "systemd/mailflow.service", "MANIFEST.in", "setup.py", "README.md", "mailflow-demo"):
+                 "systemd/mailflow.service", "MANIFEST.in", "setup.py", "README.md", "quickstart"):
         assert name in members, name
-    assert members["mailflow-demo"].mode & stat.S_IXUSR
+    assert members["quickstart"].mode & stat.S_IXUSR
     tpl = sorted(n for n in members if n.startswith("templates/") and n.endswith(".j2"))
     assert tpl == sorted(p.relative_to(REPO).as_posix() for p in (REPO / "templates").rglob("*.j2"))
     assert not [n for n in members if "__pycache__" in n or n.endswith(".pyc") or ".venv" in n]
@@ -165,11 +165,11 @@ def test_build_fails_loudly_without_templates(work, offline):
 
 
 def test_readme_quick_start_in_a_clean_copy(work, offline):
-    """`./mailflow-demo` from a copy without any venv: creates .venv, installs, runs the demo."""
+    """`./quickstart` from a copy without any venv: creates .venv, installs, runs the demo."""
     src = copy_tree(work / "quickstart")
     assert not (src / ".venv").exists()
-    with timed("./mailflow-demo in a clean copy"):
-        r = ok(run(["sh", "./mailflow-demo"], cwd=src, env=clean_env(**offline)))
+    with timed("./quickstart in a clean copy"):
+        r = ok(run(["sh", "./quickstart"], cwd=src, env=clean_env(**offline)))
     assert "creating the virtualenv .venv" in r.stderr
     assert "ingesting 7 sample mails" in r.stdout and "outbox: 5 mails" in r.stdout
     assert str(src / ".venv") in r.stdout  # the samples came from the venv's install, not the tree
@@ -191,8 +191,8 @@ def fake_python(tmp: Path, sitecustomize: str, ensurepip: bool = True) -> dict[s
 
 
 def demo_script(tmp: Path, **env: str) -> subprocess.CompletedProcess:
-    shutil.copy2(REPO / "mailflow-demo", tmp / "mailflow-demo")
-    return run(["sh", str(tmp / "mailflow-demo")], cwd=tmp, env={**clean_env(PYTHON=sys.executable), **env})
+    shutil.copy2(REPO / "quickstart", tmp / "quickstart")
+    return run(["sh", str(tmp / "quickstart")], cwd=tmp, env={**clean_env(PYTHON=sys.executable), **env})
 
 
 NO_HEADERS = """
