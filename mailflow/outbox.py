@@ -36,12 +36,11 @@ LOOP_REPEATS = 2  # ... after this many automatic answers: a loop, not a custome
 
 
 def mail_time(msg: Message | None, now: datetime) -> datetime:
-    """The mail's own time for the flood cap: its Date, but never after it arrived and never more
-    than a week before (a forged Date cannot move it far)."""
+    """The mail's own time for the flood cap: its Date, but never after it arrived (a backlog after an
+    outage, or a migration of old mail, keeps the hours the customer wrote in; a forged Date in the
+    past only reaches the processing-time backstop)."""
     d = msg.date if msg is not None else None
-    if d is None:
-        return now
-    return max(min(d, now), now - timedelta(days=7))
+    return now if d is None else min(d, now)
 
 
 def _loop_keys(msg: Message | None) -> tuple[str, str]:

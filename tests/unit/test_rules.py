@@ -636,7 +636,7 @@ def test_prefilter_never_rejects_a_match(pattern, text, case_sensitive):
     rx = re.compile(pattern, flags)
     pf = rules._prefilter(pattern, flags)
     if pf is not None and rx.search(text):
-        assert pf.search(rules._pf_fold(text)), (pattern, text, pf.pattern)
+        assert rules._FRAGMENTS.matches(pf, rules._pf_fold(text)), (pattern, text)
 
 
 def test_prefilter_handles_case_aliases():
@@ -644,4 +644,25 @@ def test_prefilter_handles_case_aliases():
 
     for pattern, text in [("kite", "\u212aITE"), ("ski", "\u017fKI"), ("pin", "P\u0130N"), ("pin", "p\u0131n")]:
         assert re.search(pattern, text, re.I)
-        assert rules._prefilter(pattern, re.I).search(rules._pf_fold(text))
+        assert rules._FRAGMENTS.matches(rules._prefilter(pattern, re.I), rules._pf_fold(text))
+
+
+def test_regex_fallback_prefilter_decides_like_the_automaton(tmp_path, monkeypatch):
+    """Without pyahocorasick the per-leaf alternations must give the bundled rules' exact decisions."""
+    from datetime import UTC, datetime
+
+    from bench.corpus import generate
+    from mailflow import config
+    from mailflow.parse import parse_message
+    from mailflow.runtime import Runtime
+
+    msgs = [parse_message(r[1] if isinstance(r, tuple) else r) for r in generate(120, 7)]
+    now = datetime(2026, 11, 24, 10, tzinfo=UTC)
+
+    def decisions(sub: str) -> list:
+        rt = Runtime.load(config.defaults(tmp_path / sub))
+        return [repr(rt.pipeline.decider.evaluate(m, None, now, {}).outcome) for m in msgs]
+
+    with_automaton = decisions("ac")
+    monkeypatch.setattr(rules, "_ahocorasick", None)
+    assert decisions("re") == with_automaton

@@ -59,7 +59,10 @@ def test_check_and_load_refuse_the_same_template(tpl, case):
     assert len(problems) == 1 and re.search(reason, problems[0]), problems
     with pytest.raises(TemplateError) as ei:
         Templates.load(tpl)
-    assert ei.value.problems == problems  # start and reload refuse exactly what check refuses
+    # start and reload refuse exactly what check refuses (for the same reason, though on a loaded
+    # machine the exponential macro may hit the time budget in one and the step budget in the other)
+    assert len(ei.value.problems) == 1 and re.search(reason, ei.value.problems[0]), ei.value.problems
+    assert ei.value.problems[0].split(": render budget")[0] == problems[0].split(": render budget")[0]
 
 
 def test_a_huge_template_value_is_refused_before_it_is_built(tpl):
