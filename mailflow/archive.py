@@ -100,14 +100,22 @@ def addresses_of(ticket: dict, messages: list[dict]) -> set[str]:
     return {a.lower() for a in out if isinstance(a, str) and "@" in a}
 
 
+_SUMMARIZE: list = []  # [function or None], looked up once per process
+
+
+def _summarizer():
+    if not _SUMMARIZE:
+        try:
+            _SUMMARIZE.append(getattr(importlib.import_module("mailflow.summary"), "summarize", None))
+        except ImportError:
+            _SUMMARIZE.append(None)
+    return _SUMMARIZE[0]
+
+
 def summary_of(ticket: dict, cfg: Any = None) -> dict:
     """What reports need of an archived ticket without reading the month file: `summary.summarize`
     (the reports module) when it is there, else the ticket's top-level fields minus its history."""
-    try:
-        mod = importlib.import_module("mailflow.summary")
-        fn = getattr(mod, "summarize", None)
-    except ImportError:
-        fn = None
+    fn = _summarizer()
     if fn is not None:
         try:
             return fn(ticket, cfg)
@@ -234,6 +242,12 @@ class ArchiveIndex:
         legacy = self.dir / "index.jsonl"
         if legacy.exists():
             legacy.unlink()
+
+    def ensure(self) -> None:
+        """Open (and on first use build) the index now: before anything is appended to a month
+        file, so a first build never indexes what the caller is about to index."""
+        with self._lock:
+            self._open()
 
     def close(self) -> None:
         with self._lock:

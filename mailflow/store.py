@@ -820,6 +820,7 @@ class Store:
             by_month.setdefault(month_of(t), []).append((entry, _dumps(entry) + b"\n"))
         rows = []
         (self.dir / "archive").mkdir(parents=True, exist_ok=True)
+        self.archive_index.ensure()
         for month, items in sorted(by_month.items()):  # archive first, then the index, then drop from hot
             placed = append_lines(self.dir / "archive" / month, [line for _e, line in items])
             rows += [entry_rows(e, month, off, n, cfg) for (e, _line), (off, n) in zip(items, placed, strict=True)]
