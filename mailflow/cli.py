@@ -495,5 +495,9 @@ def status(obj: Ctx, as_json: bool) -> None:
         click.echo(f"last SMTP error: {out['outbox_last_error']}")
 
 
+from mailflow import cli_data  # noqa: E402 - backup, restore, verify, tickets search, privacy
+
+cli_data.register(main)
+
 if __name__ == "__main__":  # pragma: no cover
     main()
