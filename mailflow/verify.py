@@ -177,10 +177,13 @@ class Verifier:
     def _archive(self, index: ArchiveIndex, adir: Path, repair: bool) -> None:
         files = sorted(adir.glob(MONTH_GLOB))
         if not index.path.exists():
-            if files:
-                self.add("archive/index.sqlite", f"missing ({len(files)} month files are not indexed)",
-                         "run `mailflow verify --repair` to build it", repair="rebuild")
-            return
+            if not files:
+                return
+            self.add("archive/index.sqlite", f"missing ({len(files)} month files are not indexed)",
+                     "run `mailflow verify --repair` to build it", repair="rebuild")
+            if not repair:
+                return
+            index.rebuild()  # then check the files against it like any other index
         indexed_files = {r[0] for r in index._query("SELECT DISTINCT file FROM ticket")}
         for name in sorted(indexed_files - {p.name for p in files}):
             n = index._query("SELECT count(*) FROM ticket WHERE file=?", (name,))[0][0]
@@ -305,9 +308,6 @@ def verify(data_dir: Path, repair: bool = False, echo: Callable[[str], None] = l
             v.files()
         if repair and any(p.repair for p in v.problems):
             fixed = [p for p in v.problems if p.repair]
-            if any(p.repair == "rebuild" for p in fixed):
-                with FileLock(str(data_dir / "mailflow.lock")):
-                    ArchiveIndex(data_dir / "archive").rebuild()
             echo(f"repaired: {len(fixed)} problem(s) ({', '.join(sorted({p.repair or '' for p in fixed}))})")
             return verify(data_dir, repair=False, echo=echo)
         return v.problems
