@@ -109,3 +109,26 @@ def test_repair_rebuilds_a_missing_index_and_cuts_a_crash_leftover(tmp_path):
     assert rc == 0, lines
     assert month.read_bytes().endswith(b"}\n")
     assert len(Store(data).archived_tickets()) == 6
+
+
+def test_retention_applied_by_housekeeping_leaves_a_clean_directory(tmp_path):
+    cfg, data = _setup(tmp_path)
+    s = Store(data)
+    hot_before = sorted(t["id"] for t in s.all_tickets())
+    assert len(s.archived_tickets()) == 6 and list((data / "attachments").rglob("*.pdf"))
+    segments = list((data / "spool").rglob("*.seg"))
+    assert segments
+    text = cfg.read_text() + "[retention]\nraw_mail_days = 30\nattachments_days = 30\nclosed_tickets_years = 5\n"
+    cfg.write_text(text)
+    later = (datetime.now(UTC) + timedelta(days=6 * 366)).isoformat(timespec="minutes")
+    r = mailflow(cfg, "--now", later, "run", "--once")
+    assert r.returncode == 0, r.stderr
+    s = Store(data)
+    assert len(s.archived_tickets()) == 0  # closed more than 5 years before "now"
+    assert not list((data / "spool").rglob("*.seg")) and not list((data / "attachments").rglob("*.pdf"))
+    assert sorted(t["id"] for t in s.all_tickets()) == hot_before  # open tickets keep their text
+    assert all(m.get("text") for t in s.all_tickets() for m in s.messages_of(t["id"]) if m["direction"] == "in")
+    assert [x["tickets"] for x in s.get_meta("retention:log")] == [6]
+    [month] = sorted((data / "archive").glob("2*.jsonl"))
+    assert month.read_bytes() == b""
+    assert mailflow(cfg, "verify").returncode == 0
