@@ -178,3 +178,27 @@ def test_keep_mode_failures_and_refusals(tmp_path, monkeypatch):
     assert [t["id"] for t in Store(data).all_tickets()] == ["CW202611230001"]
     assert not [p for p in data.iterdir() if p.name.startswith((".restore-", ".replaced-"))]
     assert os.path.exists(data / "restored-config") is False or (data / "restored-config").is_dir()
+
+
+def test_the_nightly_backup_units_pass_systemd_analyze(tmp_path):
+    import shutil
+    import subprocess
+
+    from tests.integration.helpers import REPO
+    from tests.integration.test_systemd import directives, installed_mailflow
+
+    analyze = shutil.which("systemd-analyze")
+    svc = (REPO / "systemd" / "mailflow-backup.service").read_text()
+    timer = (REPO / "systemd" / "mailflow-backup.timer").read_text()
+    d = directives(svc)
+    assert d["Type"] == ["oneshot"] and d["User"] == ["mailflow"] and "--keep" in d["ExecStart"][0]
+    assert "/var/lib/mailflow-backups" in d["ReadWritePaths"][0] and d["UMask"] == ["0077"]
+    assert directives(timer)["Persistent"] == ["true"] and directives(timer)["OnCalendar"]
+    if analyze is None:
+        return
+    (tmp_path / "mailflow-backup.service").write_text(svc.replace("/opt/mailflow/bin/mailflow", installed_mailflow()))
+    (tmp_path / "mailflow-backup.timer").write_text(timer)
+    r = subprocess.run([analyze, "verify", str(tmp_path / "mailflow-backup.service"),
+                        str(tmp_path / "mailflow-backup.timer")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "mailflow-backup" not in r.stdout + r.stderr, r.stdout + r.stderr
+
