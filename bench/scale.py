@@ -204,6 +204,7 @@ class _Writer:
             for i in range(seen):  # auto-replies and bounces of the last 30 days
                 at = self.now - timedelta(days=30 * i / max(seen, 1))
                 self.store.mark_seen(f"auto{i}@auto.example", f"{i:016x}", "auto", now=at)
+            self.store.storage.dirty = True  # end with a fresh snapshot, as a compaction would
         hot = sorted(t["id"] for t in self.store.all_tickets())
         self.sample["hot"] = hot[:: max(1, len(hot) // 10)][:10]
         self.sample["archived"] = [r[0] for r in self.store.archive_index._query(

@@ -278,7 +278,7 @@ def _ticket_summary(t: dict, store: Store) -> dict:
     return {
         "id": t["id"], "status": t.get("status"), "category": t.get("category"), "priority": t.get("priority"),
         "customer_email": t.get("customer_email"), "subject": t.get("subject"), "created_at": t.get("created_at"),
-        "message_count": sum(1 for m in store.messages_of(t["id"])),
+        "message_count": store.message_count(t["id"]),
         "team": t.get("team"), "assignee": t.get("assignee"), "tags": t.get("tags", []),
         "updated_at": t.get("updated_at"), "locale": t.get("locale"), "mailbox": t.get("mailbox"),
     }

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailflow import archive as archive_mod
-from mailflow.store import AtomicStorage, Store, iso, parse_log
+from mailflow.store import AtomicStorage, Store, iso, materialize, parse_log
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -215,7 +215,8 @@ def test_a_corrupt_record_ends_the_log(tmp_path):
         with s.batch():
             s.update_ticket("CW202611230001", {"status": st_})
     raw = bytearray(s.storage.log_path.read_bytes())
-    second = raw.index(b"\n") + 1
+    first = raw.index(b"\n") + 1  # after the header (the snapshot's size and CRC)
+    second = raw.index(b"\n", first) + 1
     raw[second + 12] ^= 0x01  # one bit of the second record flipped: its checksum fails
     s.storage.log_path.write_bytes(bytes(raw))
     assert Store(tmp_path).ticket("CW202611230001")["status"] == "open"
@@ -274,6 +275,11 @@ def test_the_store_check_catches_an_untracked_change(tmp_path, monkeypatch):
         s.update_ticket("CW202611230001", {"status": "open"})
 
 
+def _state(s: Store) -> str:
+    """The database as JSON, empty tables left out (one store may have touched a table another has not)."""
+    return json.dumps({k: v for k, v in materialize(s.storage.data).items() if v}, sort_keys=True)
+
+
 OPS = st.lists(st.tuples(st.sampled_from(["add", "update", "drop", "meta", "fail"]), st.integers(0, 6)),
                min_size=1, max_size=40)
 
@@ -305,13 +311,13 @@ def test_what_is_on_disk_is_always_the_last_commit(tmp_path_factory, ops, cut):
                         raise KeyError("boom")
             except KeyError:
                 pass
-            snap = json.dumps(s.storage.data, sort_keys=True)
+            snap = _state(s)
             states.append(snap)
-            assert json.dumps(Store(d).storage.data, sort_keys=True) == snap
+            assert _state(Store(d)) == snap
         if s.storage.log_path.exists():  # a crash part-way through the last append
             raw = s.storage.log_path.read_bytes()
             s.storage.log_path.write_bytes(raw[: cut % (len(raw) + 1)])
-            assert json.dumps(Store(d).storage.data, sort_keys=True) in states + ["{}"]
+            assert _state(Store(d)) in states + ["{}"]
     finally:
         AtomicStorage.LOG_MIN = 8 * 1024 * 1024
 
@@ -327,3 +333,57 @@ def test_replaying_the_log_keeps_insertion_order(tmp_path):
             s.add_message(_msg("CW202611230001", f"m{i}@x"))
     assert [m["message_id"] for m in Store(tmp_path).messages_of("CW202611230001")] == \
         [f"m{i}@x" for i in range(1, 13)]
+
+
+# ---- the snapshot: one document per line, read lazily ---------------------------------------------
+
+def test_the_snapshot_is_plain_tinydb_json_read_lazily(tmp_path):
+    from tinydb import TinyDB
+
+    from mailflow.store import LazyTable
+
+    s = Store(tmp_path)
+    with s.batch():
+        for i in range(1, 6):
+            s.add_ticket({"id": f"CW20261123{i:04d}", "status": "new", "subject": f'line\n"{i}"\\'})
+            s.add_message(_msg(f"CW20261123{i:04d}", f"m{i}@x"))
+        s.set_checkpoint("support", last_uid=5)
+        s.storage.dirty = True
+    with TinyDB(s.db_path) as db:  # any TinyDB tool reads it
+        assert len(db.table("tickets")) == 5 and db.table("tickets").get(doc_id=3)["subject"] == 'line\n"3"\\'
+    s2 = Store(tmp_path)
+    tables = s2.storage.data
+    assert all(isinstance(t, LazyTable) and t._block is not None for t in tables.values())
+    assert s2.checkpoint("support") == {"last_uid": 5}
+    assert tables["tickets"]._block is not None  # the tickets were not even split
+    assert s2.ticket("CW202611230004")["subject"] == 'line\n"4"\\'
+    assert [m["message_id"] for m in s2.messages_of("CW202611230002")] == ["m2@x"]
+    assert "_msg" not in vars(s2) and "_tid" not in vars(s2)  # one lookup built no index
+    assert sum(type(v) is dict for v in dict.values(tables["tickets"])) == 1  # and parsed one ticket
+    with s2.batch():
+        s2.update_ticket("CW202611230001", {"status": "open"})
+    assert Store(tmp_path).ticket("CW202611230001")["status"] == "open"
+
+
+def test_a_damaged_snapshot_is_refused_at_load(tmp_path):
+    from mailflow.store import StoreError
+
+    s = Store(tmp_path)
+    with s.batch():
+        for i in range(1, 4):
+            s.add_ticket({"id": f"CW20261123{i:04d}", "status": "new"})
+    raw = bytearray(s.db_path.read_bytes())
+    raw[raw.index(b'"status"') + 8] = ord(",")  # a document no longer parses
+    s.db_path.write_bytes(bytes(raw))
+    with pytest.raises(StoreError, match="restore it from a backup"):
+        Store(tmp_path)
+
+
+def test_an_old_single_line_snapshot_still_loads(tmp_path):
+    (tmp_path / "mailflow.json").write_text(json.dumps(
+        {"tickets": {"1": {"id": "CW202611230001", "status": "new"}}, "meta": {}}))
+    s = Store(tmp_path)
+    assert s.ticket("CW202611230001")["status"] == "new"
+    with s.batch():
+        s.add_ticket({"id": "CW202611230002", "status": "new"})
+    assert len(Store(tmp_path).all_tickets()) == 2
