@@ -268,7 +268,10 @@ class AtomicStorage(Storage):
         other = AtomicStorage(self.path)
         other.load()
         assert other.data is not None and self.data is not None
-        if _dumps(materialize(other.data)) != _dumps(materialize(self.data)):
+        def norm(d):  # table order and empty tables do not matter; document order within a table does
+            return {k: list(v.items()) for k, v in sorted(materialize(d).items()) if v}
+
+        if _dumps(norm(other.data)) != _dumps(norm(self.data)):
             diff = sorted(f"{t}/{k}" for t in set(other.data) | set(self.data)
                           for k in set(other.data.get(t, {})) | set(self.data.get(t, {}))
                           if other.data.get(t, {}).get(k) != self.data.get(t, {}).get(k))

@@ -133,12 +133,16 @@ class Verifier:
                 self.add("mailflow.json", f"outbox/{k}: unknown status {r.get('status')!r}",
                          "restore the data directory from a backup")
             f = r.get("file")
-            if f and f != "dry-run" and r.get("status") == "queued":
+            if f and f != "dry-run":
                 why = self.outbox.check(f)
-                if why:
+                if why and r.get("status") == "queued":
                     self.add(f"outbox/{f.partition(':')[0]}", f"{why} (queued outbox row {k} refers to it)",
                              f"restore the file from a backup, or give up on the row: `mailflow outbox list` "
                              f"shows it ({r.get('ticket_id')})")
+                elif why:
+                    self.add(f"outbox/{f.partition(':')[0]}", f"{why} ({r.get('status')} outbox row {k} refers to "
+                             "it)", "restore the file from a backup if the mail may have to be sent again "
+                             "(`mailflow outbox retry --resend`); nothing else needs it")
         return data
 
     def _spool_ref(self, ref: str) -> str | None:
