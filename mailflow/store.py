@@ -612,6 +612,7 @@ class Store:
              "_msg": "messages", "_msgs_by_ticket": "messages", "_seen": "seen", "_meta": "meta"}
 
     def _build_indexes(self) -> None:
+        self._scans = 0
         self.storage.read()
         for name in self._LAZY:
             self.__dict__.pop(name, None)
@@ -770,7 +771,7 @@ class Store:
     # ---- tickets ------------------------------------------------------------------------------
 
     def ticket(self, tid: str) -> dict | None:
-        if "_tid" not in self.__dict__:  # no index yet (a one-shot command): look without building it
+        if "_tid" not in self.__dict__ and self._scans < 3:  # a one-shot lookup: no index needed
             found = self._scan("tickets", "id", tid)
             return found[0] if found else None
         k = self._tid.get(tid)
@@ -780,6 +781,7 @@ class Store:
         """Documents whose `field` is `value`, parsing only lines that contain it: what a command
         that looks up one ticket does instead of building an index over all of them. (No change
         can have happened without the index: `_insert` builds it first.)"""
+        self._scans += 1  # a few lookups scan; a loop of them builds the index instead
         needle = _dumps(field) + b":" + _dumps(value)
         out = []
         t = self._table(table)
@@ -872,7 +874,7 @@ class Store:
         return len(self._msgs_by_ticket.get(tid, []))
 
     def messages_of(self, tid: str) -> list[dict]:
-        if "_msgs_by_ticket" not in self.__dict__:  # see _scan
+        if "_msgs_by_ticket" not in self.__dict__ and self._scans < 3:  # see _scan
             return self._scan("messages", "ticket_id", tid)
         table = self._table("messages")
         return [table[k] for k in self._msgs_by_ticket.get(tid, []) if k in table]

@@ -387,3 +387,15 @@ def test_an_old_single_line_snapshot_still_loads(tmp_path):
     with s.batch():
         s.add_ticket({"id": "CW202611230002", "status": "new"})
     assert len(Store(tmp_path).all_tickets()) == 2
+
+
+def test_a_loop_of_lookups_builds_the_index_instead_of_scanning_each_time(tmp_path):
+    s = Store(tmp_path)
+    with s.batch():
+        for i in range(1, 41):
+            s.add_ticket({"id": f"CW20261123{i:04d}", "status": "new"})
+            s.add_message(_msg(f"CW20261123{i:04d}", f"m{i}@x"))
+        s.storage.dirty = True
+    s2 = Store(tmp_path)
+    got = [len(s2.messages_of(t["id"])) for t in s2.all_tickets()]
+    assert got == [1] * 40 and "_msgs_by_ticket" in vars(s2) and s2._scans <= 3
