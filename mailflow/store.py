@@ -346,11 +346,12 @@ class LazyTable(dict):
     `items`, `values`, `pop`, `setdefault`) works on parsed documents; only `dict.*` called on it
     directly sees what is raw, and the storage itself (`raw_items`) is the only one that does."""
 
-    __slots__ = ("_block",)
+    __slots__ = ("_block", "_raw")
 
     def __init__(self, block: bytes | None = None):
         super().__init__()
         self._block = block  # '"key":{...}' lines joined by ",\\n", not split yet
+        self._raw = 0  # documents still bytes
 
     def _split(self) -> None:
         block, self._block = self._block, None
@@ -361,12 +362,14 @@ class LazyTable(dict):
             except (ValueError, UnicodeDecodeError):
                 raise StoreError("mailflow.json: a damaged document line; restore it from a backup") from None
             dict.update(self, zip(keys, lines, strict=True))
+            self._raw = len(lines)
 
     def discard(self, key) -> None:
         """Remove a document without parsing it."""
         if self._block is not None:
             self._split()
-        dict.pop(self, key, None)
+        if type(dict.pop(self, key, None)) is bytes:
+            self._raw -= 1
 
     def raw_items(self):
         """(key, parsed document or its raw line) without parsing anything."""
@@ -381,16 +384,21 @@ class LazyTable(dict):
         if type(v) is bytes:
             v = _parse_line(v)
             dict.__setitem__(self, key, v)
+            self._raw -= 1
         return v
 
     def __setitem__(self, key, value):
         if self._block is not None:
             self._split()
+        if type(dict.get(self, key)) is bytes:
+            self._raw -= 1
         dict.__setitem__(self, key, value)
 
     def __delitem__(self, key):
         if self._block is not None:
             self._split()
+        if type(dict.get(self, key)) is bytes:
+            self._raw -= 1
         dict.__delitem__(self, key)
 
     def __contains__(self, key):
@@ -417,10 +425,14 @@ class LazyTable(dict):
         return self[key] if key in self else default
 
     def items(self):
+        if self._block is None and not self._raw:
+            return list(dict.items(self))
         with _gc_paused():  # parsing many documents at once: see _gc_paused
             return [(k, self[k]) for k in list(self.keys())]
 
     def values(self):
+        if self._block is None and not self._raw:
+            return list(dict.values(self))
         with _gc_paused():
             return [self[k] for k in list(self.keys())]
 
@@ -428,7 +440,10 @@ class LazyTable(dict):
         if self._block is not None:
             self._split()
         v = dict.pop(self, key, *default)
-        return _parse_line(v) if type(v) is bytes else v
+        if type(v) is bytes:
+            self._raw -= 1
+            return _parse_line(v)
+        return v
 
     def setdefault(self, key, default=None):
         if key in self:
@@ -440,7 +455,10 @@ class LazyTable(dict):
         if self._block is not None:
             self._split()
         k, v = dict.popitem(self)
-        return k, (_parse_line(v) if type(v) is bytes else v)
+        if type(v) is bytes:
+            self._raw -= 1
+            return k, _parse_line(v)
+        return k, v
 
     def update(self, *a, **kw):
         if self._block is not None:
@@ -448,7 +466,7 @@ class LazyTable(dict):
         dict.update(self, *a, **kw)
 
     def clear(self):
-        self._block = None
+        self._block, self._raw = None, 0
         dict.clear(self)
 
     def copy(self):
@@ -539,6 +557,7 @@ def _gc_paused() -> Iterator[None]:
     Documents hold no reference cycles, so the collector is paused while they are built and they
     are moved out of its sight (`gc.freeze`); reference counting still frees them."""
     was = gc.isenabled()
+    gc.collect(1)  # the young garbage first (cheap), so that freezing keeps only what is alive
     gc.disable()
     try:
         yield
