@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 from mailflow.archive import MONTH_GLOB, iter_lines
 from mailflow.clock import iso
-from mailflow.store import Store, _loads
+from mailflow.store import Store, _dumps, _loads, raw_items
 
 NARROW = 5_000  # up to this many index candidates are read by offset; more: scan the month files
 
@@ -86,14 +86,52 @@ def _match(q: Query, t: dict, msgs: list[dict]) -> bool:
     return not q.words or _has_words(q.words, t, msgs)
 
 
+def _mentions(store: Store, table: str, needles: list[bytes]) -> list[dict]:
+    """Documents of a hot table whose JSON holds any needle (lower case), found before any is
+    parsed: in a table not yet split (a one-shot command) by searching its bytes as one block and
+    parsing only the lines around each hit; else line by line."""
+    t = store._table(table)
+    block = getattr(t, "_block", None)
+    out: list[dict] = []
+    if block is not None:
+        low = block.lower()
+        starts: set[int] = set()
+        for n in needles:
+            i = low.find(n)
+            while i >= 0:
+                a = low.rfind(b",\n", 0, i)
+                a = 0 if a < 0 else a + 2
+                b = low.find(b",\n", i)
+                b = len(low) if b < 0 else b
+                if a not in starts:
+                    starts.add(a)
+                    line = block[a:b]
+                    out.append(_loads(memoryview(line)[line.index(b'":') + 2:]))
+                i = low.find(n, b)
+        return out
+    for k, v in list(raw_items(t)):
+        raw = v if type(v) is bytes else _dumps(v)
+        if any(n in raw.lower() for n in needles):
+            out.append(t[k])
+    return out
+
+
 def search(store: Store, q: Query) -> tuple[list[dict], bool]:
     """(matching tickets newest first, at most q.limit; whether more matched)."""
     out: dict[str, dict] = {}
-    for t in store.all_tickets():
-        msgs = store.messages_of(t["id"])
-        if _match(q, t, msgs):
-            out[t["id"]] = _row(t, False, len(msgs))
-    hot = {t["id"] for t in store.all_tickets()}
+    hot = set(store.hot_ticket_ids())
+    if q.customer or q.words:  # only tickets whose JSON or messages hold the address or a word
+        needles = [q.customer.lower().encode()] if q.customer else [w.encode() for w in q.words]
+        maybe = {m.get("ticket_id") for m in _mentions(store, "messages", needles)}
+        maybe |= {t["id"] for t in _mentions(store, "tickets", needles)}
+        for tid in sorted(maybe & hot):
+            t = store.ticket(tid)
+            if t is not None and _match(q, t, store.messages_of(tid)):
+                out[tid] = _row(t, False, None)
+    else:
+        for t in store.all_tickets():
+            if _match(q, t, []):
+                out[t["id"]] = _row(t, False, None)
     idx = store.archive_index
     if q.words and not q.customer and not q.status:
         found = _scan_months(store, q, hot)

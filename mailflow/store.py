@@ -813,6 +813,23 @@ class Store:
                 out.append(v)
         return out
 
+    def hot_ticket_ids(self) -> list[str]:
+        """The ids of the hot tickets (from the tickets' lines when none is parsed yet)."""
+        if "_tid" in self.__dict__:
+            return list(self._tid)
+        out = []
+        for _k, v in list(raw_items(self._table("tickets"))):
+            if type(v) is bytes:  # '"<key>":{"id":"<id>",...' as the store writes tickets, else parse
+                i = v.find(b'":{"id":"')
+                j = v.find(b'"', i + 9) if i >= 0 else -1
+                if i < 0 or i != v.find(b'":') or j < 0 or b"\\" in v[i + 9:j]:
+                    out.append(_parse_line(v)["id"])
+                else:
+                    out.append(v[i + 9:j].decode())
+            else:
+                out.append(v["id"])
+        return out
+
     def all_tickets(self) -> list[dict]:
         return list(self._table("tickets").values())
 

@@ -399,3 +399,15 @@ def test_a_loop_of_lookups_builds_the_index_instead_of_scanning_each_time(tmp_pa
     s2 = Store(tmp_path)
     got = [len(s2.messages_of(t["id"])) for t in s2.all_tickets()]
     assert got == [1] * 40 and "_msgs_by_ticket" in vars(s2) and s2._scans <= 3
+
+
+def test_hot_ticket_ids_without_parsing(tmp_path):
+    s = Store(tmp_path)
+    with s.batch():
+        s.add_ticket({"id": "CW202611230001", "status": "new"})
+        s.add_ticket({"status": "new", "id": "CW202611230002"})  # not written id-first: parsed
+        s.add_ticket({"id": 'CW2026\\"odd', "status": "new"})
+        s.storage.dirty = True
+    s2 = Store(tmp_path)
+    assert s2.hot_ticket_ids() == ["CW202611230001", "CW202611230002", 'CW2026\\"odd']
+    assert s2.hot_ticket_ids() == [t["id"] for t in s2.all_tickets()]
