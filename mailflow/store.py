@@ -481,6 +481,10 @@ class LazyTable(dict):
         return f"LazyTable({len(self)} documents)"
 
 
+# a message line as the store writes it: '"<key>":{"ticket_id":"<id>"|null,...', each after ",\n"
+_MSG_TICKET = re.compile(rb',\n"(\d+)":\{"ticket_id":(?:"([^"\\\n]*)"|null)')
+
+
 def _parse_line(line: bytes) -> dict:
     try:
         return _loads(memoryview(line)[line.index(b'":') + 2:])
@@ -606,12 +610,13 @@ class Store:
         assert data is not None
         return data.setdefault(name, {})
 
-    _INDEX_OF = {"tickets": "_tid", "messages": "_msg", "seen": "_seen", "meta": "_meta"}
+    _INDEX_OF = {"tickets": ("_tid",), "messages": ("_msg", "_msgs_by_ticket"), "seen": ("_seen",),
+                 "meta": ("_meta",)}
 
     def _insert(self, name: str, doc: dict) -> int:
         self._require_batch()
-        if name in self._INDEX_OF:  # the table's index from before this document, or it would count it twice
-            getattr(self, self._INDEX_OF[name])
+        for attr in self._INDEX_OF.get(name, ()):  # the indexes from before this document, or it counts twice
+            getattr(self, attr)
         self._next[name] += 1
         if self._undo is not None:
             self._undo.append((name, str(self._next[name]), None))
@@ -628,7 +633,7 @@ class Store:
     # the in-memory indexes, built per group on first use (after every load): a command that never
     # looks at messages never parses them (see LazyTable)
     _LAZY = {"_tid": "tickets", "_cust": "tickets", "_wake_of": "tickets", "_wakes": "tickets",
-             "_msg": "messages", "_msgs_by_ticket": "messages", "_seen": "seen", "_meta": "meta"}
+             "_msg": "messages", "_msgs_by_ticket": "message_tickets", "_seen": "seen", "_meta": "meta"}
 
     def _build_indexes(self) -> None:
         self._scans = 0
@@ -659,10 +664,47 @@ class Store:
         self._wakes: list[tuple[str, str]] = sorted((w, tid) for tid, w in wake_of.items())
 
     def _index_messages(self) -> None:
-        self._msg: dict[str, list[tuple[str, MsgRef]]] = {}
-        self._msgs_by_ticket: dict[str, list[str]] = {}
-        for k, v in raw_items(self._table("messages")):  # parsed to index, not kept parsed
-            self._index_message(k, _parse_line(v) if type(v) is bytes else v)
+        """Message-ID -> (hash, ticket, direction) of every hot message (each parsed to index it,
+        not kept parsed)."""
+        idx: dict[str, list[tuple[str, MsgRef]]] = {}
+        for _k, v in raw_items(self._table("messages")):
+            m = _parse_line(v) if type(v) is bytes else v
+            idx.setdefault(m["message_id"], []).append(
+                (m.get("hash", ""), MsgRef(m.get("ticket_id"), m.get("direction", "in"))))
+        self._msg = idx
+
+    def _index_message_tickets(self) -> None:
+        """Ticket id -> keys of its messages, from the lines as the store writes messages
+        (`"<key>":{"ticket_id":"<id>",...`) without parsing them; any other line is parsed."""
+        by: dict[str, list[str]] = {}
+        table = self._table("messages")
+        block = getattr(table, "_block", None)
+        if block is not None:  # not split yet: one regex over the block, nothing split or parsed
+            found = _MSG_TICKET.findall(b",\n" + block)  # a literal prefix: the regex scans fast
+            if len(found) == block.count(b",\n") + 1:
+                for k, tid in found:
+                    if tid:
+                        by.setdefault(tid.decode(), []).append(k.decode())
+                self._msgs_by_ticket = by
+                return
+        for k, v in raw_items(table):
+            tid = None
+            if type(v) is bytes:
+                i = v.find(b'":{"ticket_id":')
+                if i >= 0 and i == v.find(b'":'):
+                    j = i + 15
+                    if v.startswith(b"null", j):
+                        continue
+                    e = v.find(b'"', j + 1)
+                    if v[j:j + 1] == b'"' and e > 0 and b"\\" not in v[j:e]:
+                        tid = v[j + 1:e].decode()
+                if tid is None:
+                    tid = _parse_line(v).get("ticket_id")
+            else:
+                tid = v.get("ticket_id")
+            if tid:
+                by.setdefault(tid, []).append(k)
+        self._msgs_by_ticket = by
 
     def _index_seen(self) -> None:
         self._seen: set[str] = {s["key"] for s in self._table("seen").values()}

@@ -411,3 +411,21 @@ def test_hot_ticket_ids_without_parsing(tmp_path):
     s2 = Store(tmp_path)
     assert s2.hot_ticket_ids() == ["CW202611230001", "CW202611230002", 'CW2026\\"odd']
     assert s2.hot_ticket_ids() == [t["id"] for t in s2.all_tickets()]
+
+
+def test_message_counts_from_the_lines_or_by_parsing(tmp_path):
+    s = Store(tmp_path)
+    with s.batch():
+        s.add_ticket({"id": "CW202611230001", "status": "new"})
+        s.add_message(_msg("CW202611230001", "a@x"))
+        s.add_message({"ticket_id": None, "message_id": "orphan@x", "direction": "in"})
+        s.storage.dirty = True
+    s2 = Store(tmp_path)
+    assert s2.message_count("CW202611230001") == 1 and s2._table("messages")._block is not None
+    with s2.batch():  # a message written in another field order: counted by parsing it
+        s2.add_message({"direction": "out", "message_id": "b@x", "ticket_id": "CW202611230001"})
+        s2.storage.dirty = True
+    s3 = Store(tmp_path)
+    assert s3.message_count("CW202611230001") == 2
+    assert [m["message_id"] for m in s3.messages_of("CW202611230001")] == ["a@x", "b@x"]
+    assert s3.ticket_of_message_id("orphan@x") is None and s3.already_seen("b@x", "")
