@@ -429,3 +429,11 @@ def test_message_counts_from_the_lines_or_by_parsing(tmp_path):
     assert s3.message_count("CW202611230001") == 2
     assert [m["message_id"] for m in s3.messages_of("CW202611230001")] == ["a@x", "b@x"]
     assert s3.ticket_of_message_id("orphan@x") is None and s3.already_seen("b@x", "")
+
+
+def test_the_config_country_check_knows_what_holidays_knows():
+    import holidays
+
+    from mailflow import sla
+
+    assert sla._supported_countries() == frozenset(holidays.list_supported_countries())
