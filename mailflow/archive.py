@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS ticket(
 CREATE INDEX IF NOT EXISTS ticket_created ON ticket(created_at, ticket_id);
 CREATE INDEX IF NOT EXISTS ticket_file ON ticket(file);
 CREATE TABLE IF NOT EXISTS msgid(message_id TEXT PRIMARY KEY, ticket_id TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS msgid_ticket ON msgid(ticket_id);
 CREATE TABLE IF NOT EXISTS customer(addr TEXT NOT NULL, ticket_id TEXT NOT NULL,
     PRIMARY KEY(addr, ticket_id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS customer_ticket ON customer(ticket_id);
@@ -449,15 +450,33 @@ class ArchiveIndex:
             db.execute("VACUUM")
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    def backup_to(self, dest: Path) -> None:
-        """A consistent copy of the index (sqlite's online backup API), as one plain file."""
+    def pin(self) -> sqlite3.Connection | None:
+        """A separate connection holding a read transaction: the index as it is now, whatever is
+        committed later (WAL). Taken under the store's lock, copied with `copy_pinned` after it is
+        released, so a backup holds the lock for milliseconds, not for the index's size."""
+        if not self.path.exists():
+            return None
         with self._lock:
-            db = self._open()
-            if db is None:
-                return
-            out = sqlite3.connect(str(dest))
-            try:
-                db.backup(out)
-                out.execute("PRAGMA journal_mode=DELETE")
-            finally:
-                out.close()
+            self._open()  # schema and first build done by the main connection
+        db = sqlite3.connect(str(self.path), timeout=60, check_same_thread=False, isolation_level=None)
+        db.execute("BEGIN")
+        db.execute("SELECT count(*) FROM info").fetchone()  # the snapshot starts here
+        return db
+
+    @staticmethod
+    def copy_pinned(pinned: sqlite3.Connection, dest: Path) -> None:
+        """The pinned state as one plain file (sqlite's online backup API), then unpin."""
+        out = sqlite3.connect(str(dest))
+        try:
+            pinned.backup(out)
+            out.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            out.close()
+            pinned.execute("COMMIT")
+            pinned.close()
+
+    def backup_to(self, dest: Path) -> None:
+        """A consistent copy of the index as one plain file."""
+        pinned = self.pin()
+        if pinned is not None:
+            self.copy_pinned(pinned, dest)

@@ -8,8 +8,9 @@ templates) and, last, `MANIFEST.json` (mailflow and schema version, every member
 and SHA-256, counts of tickets, messages and outbox rows).
 
 Consistency while the daemon runs: the store's file lock is taken only to read the hot database
-files and the outbox journal into memory, to copy the archive index with sqlite's backup API, and
-to list every other file with its size and inode. Those files are immutable (segments,
+files and the outbox journal into memory, to pin the archive index's state (a read transaction,
+copied with sqlite's backup API after the lock is released), and to list every other file with
+its size and inode. Those files are immutable (segments,
 attachments, the HMAC key) or append-only (month files: only the listed size is copied), so they
 are copied after the lock is released; a file that erase or retention replaced in the meantime
 (new inode) makes the backup start over. Intake waits for at most one batch commit.
@@ -137,11 +138,7 @@ def _snapshot(data_dir: Path, tmp: Path, store: Store | None) -> tuple[list[_Pla
                 if rel == "mailflow.wal":
                     raw = raw[: parse_log(raw)[1]]  # a torn tail is not part of any commit
                 plan.append(_Planned(f"data/{rel}", data=raw, size=len(raw)))
-        if (data_dir / "archive" / "index.sqlite").exists():
-            dest = tmp / "index.sqlite"
-            index.backup_to(dest)
-            plan.append(_Planned("data/archive/index.sqlite", path=dest, size=dest.stat().st_size,
-                                 ino=dest.stat().st_ino))
+        pinned = index.pin()  # the index as of now; copied once the lock is released
         for root, dirs, files in os.walk(data_dir):
             dirs.sort()
             for name in sorted(files):
@@ -155,6 +152,11 @@ def _snapshot(data_dir: Path, tmp: Path, store: Store | None) -> tuple[list[_Pla
                     continue
                 plan.append(_Planned(f"data/{rel}", path=p, size=s.st_size, ino=s.st_ino))
         locked = time.monotonic() - held
+    if pinned is not None:
+        dest = tmp / "index.sqlite"
+        ArchiveIndex.copy_pinned(pinned, dest)
+        plan.insert(0, _Planned("data/archive/index.sqlite", path=dest, size=dest.stat().st_size,
+                                ino=dest.stat().st_ino))
     if store is None:
         index.close()
     return plan, _counts(plan), locked
