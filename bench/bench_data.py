@@ -96,7 +96,7 @@ def commit_costs(work: Path) -> list[dict]:
 
 
 LOOKUPS = r"""
-import json, random, resource, sys, time
+import json, random, sys, time
 sys.path.insert(0, sys.argv[2])
 from pathlib import Path
 from mailflow.store import Store
@@ -107,8 +107,10 @@ mids = [r[0] for r in idx._query("SELECT message_id FROM msgid ORDER BY random()
 t = time.perf_counter(); [s.archived_ticket_of(m) for m in mids]; mid_us = (time.perf_counter() - t) / len(mids) * 1e6
 t = time.perf_counter(); [s.already_seen(m + "x", "h") for m in mids]; miss_us = (time.perf_counter() - t) / len(mids) * 1e6
 t = time.perf_counter(); [s.archived_ticket(i) for i in ids]; read_us = (time.perf_counter() - t) / len(ids) * 1e6
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec
+hwm = [int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmHWM:")][0]
 print(json.dumps({"open_s": opened, "msgid_us": mid_us, "miss_us": miss_us, "read_us": read_us,
-                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "rss_mb": hwm / 1024}))
 """
 
 
