@@ -201,11 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if a.record:
         from bench.run import git_rev, machine
+        from bench.scale import record
 
         m = machine()
-        with open(a.record, "a", encoding="utf-8") as f:
-            f.write(f"\n### bench/bench_data.py, {datetime.now(UTC):%Y-%m-%d}, commit {git_rev()}, {m['cpu']}, "
-                    f"{m['cores']} cores, load {m['loadavg']:.1f}\n\n" + text)
+        record(a.record, f"### bench/bench_data.py, {datetime.now(UTC):%Y-%m-%d}, commit {git_rev()}, {m['cpu']}, "
+               f"{m['cores']} cores, load {m['loadavg']:.1f}\n\n" + text)
     return 0
 
 

@@ -528,6 +528,19 @@ def table(summary: dict[str, dict], n: int) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+def record(path: Path, section: str) -> None:
+    """Add a section to RESULTS.md before its "## Results" table (bench/run.py --record appends rows to
+    that table, which must stay last)."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    mark = "\n## Results\n"
+    if mark in text:
+        i = text.index(mark)
+        text = text[:i].rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n" + text[i:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text, encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -574,9 +587,8 @@ def main(argv: list[str] | None = None) -> int:
         from bench.run import git_rev, machine
 
         m = machine()
-        with open(a.record, "a", encoding="utf-8") as f:
-            f.write(f"\n### bench/scale.py, {datetime.now(UTC):%Y-%m-%d}, commit {git_rev()}, {m['cpu']}, "
-                    f"{m['cores']} cores, load {m['loadavg']:.1f}, N = {a.n}, medians of {a.runs}\n\n" + text)
+        record(a.record, f"### bench/scale.py, {datetime.now(UTC):%Y-%m-%d}, commit {git_rev()}, {m['cpu']}, "
+               f"{m['cores']} cores, load {m['loadavg']:.1f}, N = {a.n}, medians of {a.runs}\n\n" + text)
     for e in sc.errors:
         print(f"ERROR {e}", file=sys.stderr)
     return 1 if sc.errors else 0
