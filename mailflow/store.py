@@ -424,17 +424,30 @@ class LazyTable(dict):
     def get(self, key, default=None):
         return self[key] if key in self else default
 
-    def items(self):
-        if self._block is None and not self._raw:
-            return list(dict.items(self))
+    def _parse_all(self) -> None:
+        """Every document parsed: a table never split is parsed as one JSON object (one call
+        instead of one per document), otherwise line by line."""
         with _gc_paused():  # parsing many documents at once: see _gc_paused
-            return [(k, self[k]) for k in list(self.keys())]
+            block, self._block = self._block, None
+            if block:
+                try:
+                    dict.update(self, _loads(b"{" + block + b"}"))
+                except ValueError:
+                    raise StoreError("mailflow.json: a damaged document; restore it from a backup") from None
+            elif self._raw:
+                for k in list(dict.keys(self)):
+                    self[k]
+            self._raw = 0
+
+    def items(self):
+        if self._block is not None or self._raw:
+            self._parse_all()
+        return list(dict.items(self))
 
     def values(self):
-        if self._block is None and not self._raw:
-            return list(dict.values(self))
-        with _gc_paused():
-            return [self[k] for k in list(self.keys())]
+        if self._block is not None or self._raw:
+            self._parse_all()
+        return list(dict.values(self))
 
     def pop(self, key, *default):
         if self._block is not None:
