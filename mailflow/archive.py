@@ -115,8 +115,9 @@ def _summarizer():
 
 def summary_of(ticket: dict, cfg: Any = None) -> dict:
     """What reports need of an archived ticket without reading the month file: `summary.summarize`
-    (the reports module) when it is there, else the ticket's top-level fields minus its history."""
-    fn = _summarizer()
+    (the reports module) when it is there and the config is known (it needs the SLA calendars),
+    else the ticket's top-level fields minus its history (reports then read the month files)."""
+    fn = _summarizer() if cfg is not None else None
     if fn is not None:
         try:
             return fn(ticket, cfg)

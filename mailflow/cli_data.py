@@ -112,8 +112,9 @@ def verify_cmd(ctx: click.Context, repair: bool, backup_file: Path | None, data_
         return
     from mailflow.verify import verify
 
-    d = data_dir or _obj(ctx).cfg.data_dir
-    problems = verify(d, repair=repair, echo=click.echo)
+    cfg = _obj(ctx).cfg
+    d = data_dir or cfg.data_dir
+    problems = verify(d, repair=repair, echo=click.echo, cfg=cfg)
     for p in problems:
         click.echo(str(p), err=True)
     if problems:

@@ -337,7 +337,7 @@ class _Eraser:
             if touched:
                 write_atomic(path, b"".join(x + b"\n" for x in out))
                 with idx.transaction() as db:
-                    idx.reindex_file(db, path.name, idx.cfg)
+                    idx.reindex_file(db, path.name, self.cfg)
                 self.changed["archived tickets"] += len(touched)
                 self.changed["archive files"] += 1
 

@@ -32,7 +32,7 @@ def apply(store: Store, cfg, now: datetime) -> dict[str, int]:
     out: dict[str, int] = {}
     try:
         if cfg.closed_tickets_years > 0:
-            out["closed tickets"] = expire_closed(store, now - timedelta(days=365.25 * cfg.closed_tickets_years))
+            out["closed tickets"] = expire_closed(store, now - timedelta(days=365.25 * cfg.closed_tickets_years), cfg)
         if cfg.raw_mail_days > 0:
             out["raw mail segments"] = expire_raw(store, now - timedelta(days=cfg.raw_mail_days))
         if cfg.attachments_days > 0:
@@ -91,7 +91,7 @@ def expire_attachments(store: Store, cutoff: datetime) -> int:
     return n
 
 
-def expire_closed(store: Store, cutoff: datetime) -> int:
+def expire_closed(store: Store, cutoff: datetime, cfg=None) -> int:
     cut = iso(cutoff) or ""
     idx = store.archive_index
     gone = 0
@@ -124,7 +124,7 @@ def expire_closed(store: Store, cutoff: datetime) -> int:
                         blank.setdefault(name, []).append((int(off), int(ln)))
             write_atomic(path, b"".join(x + b"\n" for x in kept))
             with idx.transaction() as db:
-                idx.reindex_file(db, f)
+                idx.reindex_file(db, f, cfg)
             for tid in tids:
                 shutil.rmtree(store.dir / "attachments" / tid, ignore_errors=True)
             gone += len(tids)

@@ -71,8 +71,9 @@ class _Segments:
 
 
 class Verifier:
-    def __init__(self, data_dir: Path, echo: Callable[[str], None] = lambda s: None):
+    def __init__(self, data_dir: Path, echo: Callable[[str], None] = lambda s: None, cfg=None):
         self.dir = Path(data_dir)
+        self.cfg = cfg  # for the summaries a rebuilt index stores (reports)
         self.echo = echo
         self.problems: list[Problem] = []
         self.spool = _Segments(self.dir / "spool")
@@ -173,6 +174,7 @@ class Verifier:
         if not adir.is_dir():
             return
         index = ArchiveIndex(adir, create=repair)
+        index.cfg = self.cfg
         try:
             self._archive(index, adir, repair)
         finally:
@@ -187,7 +189,7 @@ class Verifier:
                      "run `mailflow verify --repair` to build it", repair="rebuild")
             if not repair:
                 return
-            index.rebuild()  # then check the files against it like any other index
+            index.rebuild(self.cfg)  # then check the files against it like any other index
         indexed_files = {r[0] for r in index._query("SELECT DISTINCT file FROM ticket")}
         for name in sorted(indexed_files - {p.name for p in files}):
             n = index._query("SELECT count(*) FROM ticket WHERE file=?", (name,))[0][0]
@@ -269,7 +271,7 @@ class Verifier:
             with index.transaction() as db:
                 keep = [r for r in db.execute("SELECT * FROM ticket WHERE file=?", (path.name,))
                         if r[0] in set(lost)]
-                index.reindex_file(db, path.name)
+                index.reindex_file(db, path.name, self.cfg)
                 # rows of tickets the file lost stay: they say what a backup must bring back
                 db.executemany("INSERT OR IGNORE INTO ticket VALUES(?,?,?,?,?,?,?,?,?,?)", keep)
 
@@ -294,7 +296,8 @@ class Verifier:
                                  "on its own")
 
 
-def verify(data_dir: Path, repair: bool = False, echo: Callable[[str], None] = lambda s: None) -> list[Problem]:
+def verify(data_dir: Path, repair: bool = False, echo: Callable[[str], None] = lambda s: None,
+           cfg=None) -> list[Problem]:
     """Every problem of a data directory (after repairing the derivable ones with `repair`)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -306,14 +309,14 @@ def verify(data_dir: Path, repair: bool = False, echo: Callable[[str], None] = l
         from filelock import FileLock
 
         with FileLock(str(data_dir / "mailflow.lock")):  # a consistent view, and no commit mid-repair
-            v = Verifier(data_dir, echo)
+            v = Verifier(data_dir, echo, cfg)
             v.hot()
             v.archive(repair)
             v.files()
         if repair and any(p.repair for p in v.problems):
             fixed = [p for p in v.problems if p.repair]
             echo(f"repaired: {len(fixed)} problem(s) ({', '.join(sorted({p.repair or '' for p in fixed}))})")
-            return verify(data_dir, repair=False, echo=echo)
+            return verify(data_dir, repair=False, echo=echo, cfg=cfg)
         return v.problems
     finally:
         if lock is not None:
