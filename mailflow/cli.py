@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from mailflow import cli_report, resources
+from mailflow import cli_data, cli_report, resources
 from mailflow import config as config_mod
 from mailflow.cliutil import GlobalOptionsGroup
 from mailflow.clock import Clock
@@ -409,7 +409,7 @@ def _ticket_summary(t: dict, store: Store) -> dict:
     return {
         "id": t["id"], "status": t.get("status"), "category": t.get("category"), "priority": t.get("priority"),
         "customer_email": t.get("customer_email"), "subject": t.get("subject"), "created_at": t.get("created_at"),
-        "message_count": sum(1 for m in store.messages_of(t["id"])),
+        "message_count": store.message_count(t["id"]),
         "team": t.get("team"), "assignee": t.get("assignee"), "tags": t.get("tags", []),
         "updated_at": t.get("updated_at"), "locale": t.get("locale"), "mailbox": t.get("mailbox"),
     }
@@ -727,6 +727,7 @@ def status(obj: Ctx, as_json: bool) -> None:
 
 
 cli_report.register(main)
+cli_data.register(main)  # backup, restore, verify, tickets search, privacy
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -157,6 +157,16 @@ class Config:
     permissions: dict[str, list[str]] = field(default_factory=dict)  # command -> roles that may use it
     archive_after_days: float = 3.0  # closed tickets leave the hot database after this many days
     reports: ReportsConfig = field(default_factory=ReportsConfig)
+    backup_dir: Path | None = None  # `mailflow backup` writes here; None: <data_dir>/../mailflow-backups
+    # [retention]: 0 keeps forever; the daemon's housekeeping applies them (mailflow/retention.py)
+    raw_mail_days: float = 0.0
+    attachments_days: float = 0.0
+    closed_tickets_years: float = 0.0
+
+    @property
+    def backup_path(self) -> Path:
+        """Where backups go: `[storage] backup_dir`, else `mailflow-backups` beside the data dir."""
+        return self.backup_dir or self.data_dir.parent / "mailflow-backups"
 
     @property
     def tz(self) -> ZoneInfo:
@@ -369,7 +379,7 @@ def _sla_policy(data: dict, timezone: str, mailboxes: list[MailboxConfig], fname
 
 TOP_KEYS = {"storage", "rules", "templates", "company", "customers", "tickets", "mailbox", "smtp", "staff",
             "sla", "outbound", "logging", "routing", "attachments", "permissions", "calendar", "calendars",
-            "reports"}
+            "reports", "retention"}
 ROLES = ("agent", "lead", "manager")
 
 
@@ -425,7 +435,9 @@ def from_dict(data: dict, fname: str, base: Path, path: Path | None = None) -> C
     company, customers, tickets = table("company"), table("customers"), table("tickets")
     outbound, logging_, routing = table("outbound"), table("logging"), table("routing")
     attachments = table("attachments")
-    r.unknown(storage, {"data_dir", "archive_after_days"}, "storage.")
+    retention = table("retention")
+    r.unknown(storage, {"data_dir", "archive_after_days", "backup_dir"}, "storage.")
+    r.unknown(retention, {"raw_mail_days", "attachments_days", "closed_tickets_years"}, "retention.")
     r.unknown(rules, {"dir"}, "rules.")
     r.unknown(templates, {"dir", "default_locale"}, "templates.")
     r.unknown(company, {"name"}, "company.")
@@ -460,6 +472,18 @@ def from_dict(data: dict, fname: str, base: Path, path: Path | None = None) -> C
         permissions=_permissions(r, table("permissions")),
         archive_after_days=r.get(storage, "archive_after_days", float, 3.0, "storage."),
     )
+    backup_dir = r.get(storage, "backup_dir", str, None, "storage.")
+    if backup_dir:
+        cfg.backup_dir = resolve(backup_dir)
+        if cfg.backup_dir == cfg.data_dir or cfg.data_dir in cfg.backup_dir.parents:
+            r.err("storage.backup_dir", f"must not lie inside the data directory {cfg.data_dir} "
+                  "(a backup would back up the backups, and a lost disk would take both)")
+    for key in ("raw_mail_days", "attachments_days", "closed_tickets_years"):
+        v = r.get(retention, key, float, 0.0, "retention.")
+        if not math.isfinite(v) or v < 0:
+            r.err(f"retention.{key}", f"must be a number >= 0 (0 keeps forever), not {v!r}")
+        else:
+            setattr(cfg, key, v)
     if not math.isfinite(cfg.archive_after_days) or cfg.archive_after_days < 0:
         r.err("storage.archive_after_days", f"must be a number of days >= 0, not {cfg.archive_after_days!r}")
     for key in ("reopen_within_days", "auto_close_days"):

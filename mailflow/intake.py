@@ -84,11 +84,11 @@ def lookup(store: Store, tid: str) -> tuple[dict | None, bool]:
 def find_ticket(msg: Message, store: Store) -> str | None:
     """The ticket a message belongs to: by [CW...] tag first, then In-Reply-To/References."""
     for tid in msg.ticket_ids:
-        if store.ticket(tid) is not None or tid in store.archived_tickets():
+        if store.ticket(tid) is not None or store.is_archived(tid):
             return tid
     for mid in [*msg.in_reply_to, *reversed(msg.references)]:
         tid = store.ticket_of_message_id(mid)
-        if tid and (store.ticket(tid) is not None or tid in store.archived_tickets()):
+        if tid and (store.ticket(tid) is not None or store.is_archived(tid)):
             return tid
     return None
 

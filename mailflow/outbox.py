@@ -463,11 +463,14 @@ class Outbox:
         """Archive long-closed tickets and drop week-old sent rows; (archived, pruned)."""
         days = self.cfg.archive_after_days if archive_days is None else archive_days
         with self.store.batch():
-            archived = self.store.archive(days, now=now)
+            archived = self.store.archive(days, now=now, cfg=self.cfg)
             dropped = self.store.prune(now=now)
             still = {Segments.file_of(r.get("file") or "") for r in self.store.outbox_rows().values()}
         for f in {Segments.file_of(ref) for ref in dropped} - still:
             (self.dir / f).unlink(missing_ok=True)
+        from mailflow import retention  # [retention] limits (nothing unless configured)
+
+        retention.apply(self.store, self.cfg, now or self.clock.now())
         return archived, len(dropped)
 
     def retry(self, key: str, resend: bool = False) -> bool:
