@@ -405,6 +405,19 @@ def simulate(obj: Ctx, files: tuple[Path, ...], as_json: bool, explain: bool) ->
 
 # ---- tickets ----------------------------------------------------------------------------------
 
+TABLE_LIMIT = 100  # rows a `list` table shows unless --limit says otherwise
+
+
+def _newest(rows: list, limit: int | None, as_json: bool, what: str) -> list:
+    """The last `limit` of `rows` (they are oldest first); says on stderr what was left out, so a
+    table never silently hides rows and a pipe of JSON gets everything unless it asked for less."""
+    n = (None if as_json else TABLE_LIMIT) if limit is None else (limit or None)
+    if n is None or len(rows) <= n:
+        return rows
+    click.echo(f"showing the newest {n:,} of {len(rows):,} {what} (--limit N, --limit 0 for all)", err=True)
+    return rows[-n:]
+
+
 def _ticket_summary(t: dict, store: Store) -> dict:
     return {
         "id": t["id"], "status": t.get("status"), "category": t.get("category"), "priority": t.get("priority"),
@@ -438,10 +451,13 @@ def _duration(value: str) -> float:
 @click.option("--breached", type=click.Choice(["first_response", "next_response", "resolution"]),
               help="Only tickets whose clock breached its target (running or stopped).")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table (keys documented in the README).")
+@click.option("--limit", type=click.IntRange(min=0), default=None, metavar="N",
+              help=f"Show the newest N matching tickets (table default {TABLE_LIMIT}, JSON default all; 0: all).")
 @click.pass_obj
 def tickets_list(obj: Ctx, status: str | None, overdue: bool, due_within: str | None, breached: str | None,
-                 as_json: bool) -> None:
-    """Hot tickets (open and recently closed), oldest id first; filters combine.
+                 as_json: bool, limit: int | None) -> None:
+    """Hot tickets (open and recently closed), oldest id first; filters combine. The table shows the
+    newest matching tickets only (a big team has thousands hot); `--limit 0` shows all.
 
     Example: `mailflow tickets list --overdue` or `mailflow tickets list --due-within 2h --json`."""
     from mailflow import slaclock
@@ -464,7 +480,8 @@ def tickets_list(obj: Ctx, status: str | None, overdue: bool, due_within: str | 
                 continue
             if breached and not clocks[breached].breached:
                 continue
-        rows.append(_ticket_summary(t, store))
+        rows.append(t)
+    rows = [_ticket_summary(t, store) for t in _newest(rows, limit, as_json, "tickets")]
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return
@@ -647,14 +664,20 @@ def outbox() -> None:
 @outbox.command("list")
 @click.option("--status", type=click.Choice(["queued", "sent", "failed"]))
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table (keys documented in the README).")
+@click.option("--limit", type=click.IntRange(min=0), default=None, metavar="N",
+              help=f"At most N sent rows, the newest (table default {TABLE_LIMIT}, JSON default all; 0: all). "
+                   "Queued and failed rows are always shown.")
 @click.pass_obj
-def outbox_list(obj: Ctx, status: str | None, as_json: bool) -> None:
-    """Outgoing mail: queued (and when it is tried next), sent, failed (and why).
+def outbox_list(obj: Ctx, status: str | None, as_json: bool, limit: int | None) -> None:
+    """Outgoing mail: queued (and when it is tried next), sent, failed (and why). The table shows every
+    queued and failed row but only the newest sent ones; `--limit 0` shows all.
 
     Example: `mailflow outbox list --status failed`, then `mailflow outbox retry ROW`."""
     from mailflow.cliutil import Column, echo_table
 
     rows = [r for r in _outbox_rows(obj) if status is None or r["status"] == status]
+    sent = set(map(id, _newest([r for r in rows if r["status"] == "sent"], limit, as_json, "sent rows")))
+    rows = [r for r in rows if r["status"] != "sent" or id(r) in sent]
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return

@@ -25,6 +25,7 @@ customer-controlled text (subjects with ``[brackets]``) that would need turning 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -273,6 +274,7 @@ def dumps_json(obj: Any, tz: tzinfo | None = None, time_keys: Iterable[str] = ()
 _BIDI = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a table of Chinese subjects asks for the same few thousand characters
 def char_width(ch: str) -> int:
     """Terminal columns of one character: 2 for East Asian wide/fullwidth, 0 for combining marks
     and format characters, else 1."""

@@ -151,8 +151,9 @@ class MailboxWorker:
         stats = PollStats()
         self.expect("search", self._t(2, 5))
         uids = src.pending_uids(last_uid)
-        # one commit rewrites the whole hot database, so a long backlog goes in ~20 commits
-        # (batch_size is the floor; 1,000 the ceiling) rather than one per 100 messages
+        # a commit appends what changed to the commit log and fsyncs (and now and then rewrites the
+        # snapshot), so a long backlog goes in ~20 commits (batch_size is the floor; 1,000 the
+        # ceiling) rather than one per 100 messages
         size = max(1, self.cfg.batch_size, min(1000, len(uids) // 20))
         i = 0
         while i < len(uids):
@@ -190,7 +191,7 @@ class MailboxWorker:
 
     def _touch(self) -> None:
         """Record a successful empty poll (for `status`) without a database write per poll (each
-        write rewrites the whole file): after an error, else at most every TOUCH_EVERY seconds."""
+        write is a commit-log append and an fsync): after an error, else at most every TOUCH_EVERY seconds."""
         store = self.pipeline.store
         with store.mutex:
             cp = store.checkpoint(self.cfg.name)

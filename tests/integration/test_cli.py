@@ -151,3 +151,33 @@ def test_simulate_on_a_mail_already_processed_says_so(tmp_path):
     [out] = json.loads(mailflow(None, "simulate", "--json", str(mail), env=env).stdout)
     assert out["route"] == "new" and "already processed" in out["note"]
     assert Path(tmp_path / "d" / "mailflow.json").exists()
+
+
+def test_list_tables_show_the_newest_rows_and_say_what_they_left_out(tmp_path):
+    data = tmp_path / "d"
+    mails = tmp_path / "m"
+    mails.mkdir()
+    for i in range(12):
+        (mails / f"{i:03d}.eml").write_bytes(make_mail(i, sender=f"p{i}@customer.example"))
+    env = _env(MAILFLOW_DATA_DIR=str(data))
+    subprocess.run([sys.executable, "-m", "mailflow", "ingest", str(mails)], env=env, cwd=REPO,
+                   capture_output=True, check=True)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "mailflow", *args], env=env, cwd=REPO,
+                              capture_output=True, text=True, check=True)
+
+    every = json.loads(run("tickets", "list", "--json").stdout)  # JSON: everything unless asked
+    assert len(every) == 12
+    r = run("tickets", "list", "--limit", "5")
+    shown = re.findall(r"CW\d{12}", r.stdout)
+    assert shown == [t["id"] for t in every[-5:]]  # the newest five, still oldest first
+    assert "showing the newest 5 of 12 tickets" in r.stderr
+    assert len(re.findall(r"CW\d{12}", run("tickets", "list", "--limit", "0").stdout)) == 12
+    assert len(json.loads(run("tickets", "list", "--json", "--limit", "3").stdout)) == 3
+    assert "showing" not in run("tickets", "list").stderr  # 12 < the default of 100
+
+    sent_or_queued = json.loads(run("outbox", "list", "--json").stdout)
+    assert len(sent_or_queued) == 12  # one acknowledgement each, queued (no SMTP server here)
+    r = run("outbox", "list", "--limit", "2")
+    assert len(set(re.findall(r"CW\d{12}", r.stdout))) == 12  # queued rows are never left out
