@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from mailflow import cli_data, cli_report, resources
+from mailflow import __version__, cli_data, cli_report, resources
 from mailflow import config as config_mod
 from mailflow.cliutil import GlobalOptionsGroup
 from mailflow.clock import Clock
@@ -116,7 +116,7 @@ class _Group(GlobalOptionsGroup):
 @click.option("--now", "now", metavar="ISO", default=None,
               help="Run as of this instant (ISO 8601 with offset, e.g. 2026-11-24T12:00+08:00): every "
                    "timestamp, SLA clock and schedule uses it. For tests and for trying rules.")
-@click.version_option(package_name="mailflow")
+@click.version_option(version=__version__, prog_name="mailflow")  # works from a checkout too
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None, log_level: str | None, now: str | None) -> None:
     """mailflow: a support team's customer-feedback loop over plain email.
