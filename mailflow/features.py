@@ -66,6 +66,14 @@ _ZH_NEG = {
     "闹心": -2.0, "鬧心": -2.0, "心累": -2.0, "无奈": -1.5, "無奈": -1.5, "差到": -2.5, "太烂": -2.5,
     "太爛": -2.5, "很烂": -2.5, "很爛": -2.5, "烂透": -3.0, "爛透": -3.0, "耍人": -2.5, "态度恶劣": -3.0,
     "態度惡劣": -3.0, "欺诈": -3.0, "欺詐": -3.0, "虚假": -2.0, "虛假": -2.0, "不负责": -2.5, "不負責": -2.5,
+    # feeling cheated, pestered, let down (as customers write it, not what broke)
+    "推卸": -2.0, "侮辱": -3.0, "莫名其妙": -2.0, "骚扰": -2.5, "騷擾": -2.5, "烦人": -2.0, "煩人": -2.0,
+    "套路": -2.0, "被坑": -2.5, "黑店": -3.0, "奸商": -3.0, "无良": -3.0, "無良": -3.0, "没良心": -3.0,
+    "沒良心": -3.0, "欺人太甚": -3.0, "不讲理": -2.5, "不講理": -2.5, "霸王条款": -2.5, "霸王條款": -2.5,
+    "耍赖": -2.5, "耍賴": -2.5, "倒霉": -2.0, "伤心": -2.0, "傷心": -2.0, "寒心": -2.5, "心寒": -2.5,
+    "郁闷": -2.0, "鬱悶": -2.0, "窝火": -2.5, "窩火": -2.5, "恼火": -2.5, "惱火": -2.5, "不爽": -2.0,
+    "难受": -1.5, "難受": -1.5, "折腾": -1.5, "折騰": -1.5, "浪费": -1.5, "浪費": -1.5, "无能": -2.5,
+    "無能": -2.5, "难听": -2.0, "難聽": -2.0, "不舒服": -1.5, "还好意思": -2.5, "還好意思": -2.5, "有没有搞错": -2.5, "有沒有搞錯": -2.5,
 }
 _ZH_POS = {
     "满意": 2.0, "滿意": 2.0, "感谢": 1.5, "感謝": 1.5, "谢谢": 1.0, "謝謝": 1.0, "多谢": 1.0,
@@ -78,6 +86,13 @@ _ZH_POS = {
     "暖心": 2.0, "细心": 1.5, "細心": 1.5, "热心": 1.5, "熱心": 1.5, "负责": 1.0, "負責": 1.0, "尽职": 1.5,
     "盡職": 1.5, "感动": 2.0, "感動": 2.0, "靠谱": 1.5, "靠譜": 1.5, "准时": 1.0, "準時": 1.0, "顺利": 1.5,
     "順利": 1.5, "用心": 1.5,
+    # praise without a thank-you: beyond expectations, would recommend, carefully done
+    "超出预期": 2.5, "超出預期": 2.5, "超乎预期": 2.5, "超乎預期": 2.5, "物超所值": 2.5, "越做越好": 2.0,
+    "推荐": 1.5, "推薦": 1.5, "惊喜": 2.0, "驚喜": 2.0, "稳定": 1.0, "穩定": 1.0, "精致": 1.5, "精緻": 1.5,
+    "漂亮": 1.5, "好吃": 2.0, "放心": 1.5, "省心": 1.5, "仔细": 1.5, "仔細": 1.5, "认真": 1.5, "認真": 1.5,
+    "迅速": 1.5, "麻利": 1.5, "一流": 2.5, "到位": 1.5, "感恩": 2.0, "性价比很高": 2.5, "性價比很高": 2.5,
+    "性价比高": 2.0, "性價比高": 2.0,
+    "非常好": 2.5, "特别好": 2.5, "特別好": 2.5, "超好": 2.0, "太好了": 2.5, "礼貌": 1.5, "禮貌": 1.5,
     # not praise: a title and a polite formula that contain a praise word
     "负责人": 0.0, "負責人": 0.0,
 }
@@ -100,6 +115,11 @@ _EN_NEG = {
     "disrespectful": -2.5, "insulting": -2.5, "dismissive": -2.0, "condescending": -2.5, "livid": -3.0,
     "irritated": -2.0, "infuriating": -3.0, "infuriated": -3.0, "had enough": -2.5, "wtf": -3.0,
     "disgusted": -3.0, "unbelievable": -1.5,
+    # let down, cheated, exasperated
+    "expected better": -2.0, "bait and switch": -2.5, "thanks for nothing": -3.0, "you people": -1.5,
+    "so called": -1.5, "not acceptable": -2.5, "sick and tired": -2.5, "last straw": -2.5, "final straw": -2.5,
+    "sloppy": -2.0, "careless": -2.0, "lazy": -2.0, "clueless": -2.0, "rubbish": -2.5, "garbage": -2.5,
+    "absurd": -2.5, "ludicrous": -2.5, "disaster": -2.0, "wasted": -2.0, "hassle": -1.0, "headache": -1.0,
 }
 _EN_POS = {
     "great": 2.0, "excellent": 3.0, "amazing": 3.0, "awesome": 3.0, "wonderful": 3.0,
@@ -112,6 +132,12 @@ _EN_POS = {
     "kind": 1.5, "lovely": 2.0, "brilliant": 2.5, "superb": 3.0, "outstanding": 2.5, "grateful": 2.0,
     "thrilled": 2.5, "delighted": 2.5, "reliable": 1.5, "responsive": 1.5, "knowledgeable": 1.5,
     "impressive": 2.5,
+    # praise without a thank-you
+    "much appreciated": 2.5, "ahead of schedule": 2.0, "exceeded": 2.0, "highly recommend": 2.5,
+    "five stars": 2.5, "a pleasure": 2.0, "keep it up": 2.0, "perfectly": 2.0,
+    "beautifully": 2.0, "spot on": 2.0, "top notch": 2.5, "flawless": 2.5, "seamless": 2.0, "painless": 2.0,
+    "hassle free": 2.0, "smoothest": 2.5, "nailed it": 2.5,
+    "many thanks": 2.0, "is the best": 2.5, "are the best": 2.5, "you're the best": 2.5,
     # not praise: formulas that contain a praise word
     "kind regards": 0.0, "outstanding balance": 0.0, "outstanding invoice": 0.0, "outstanding amount": 0.0,
     "outstanding payment": 0.0, "outstanding issue": 0.0, "outstanding issues": 0.0,
