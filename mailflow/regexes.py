@@ -76,9 +76,11 @@ def search(rx: regex.Pattern, text: str) -> bool:
 
 # ---- the shape check -------------------------------------------------------------------------------
 
-def hazard(pattern: str, flags: int = 0) -> str | None:
-    """Why `pattern` can backtrack catastrophically, or None. The pattern must be valid ``re`` syntax."""
-    tree = _sre.parse(pattern, flags)
+def hazard(pattern: str, flags: int = 0, tree=None) -> str | None:
+    """Why `pattern` can backtrack catastrophically, or None. The pattern must be valid ``re`` syntax;
+    `tree` is its parse with `flags` when the caller already has it."""
+    if tree is None:
+        tree = _sre.parse(pattern, flags)
     return _Shape(flags | tree.state.flags).seq(list(tree))
 
 
