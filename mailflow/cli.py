@@ -467,7 +467,15 @@ def tickets_list(obj: Ctx, status: str | None, overdue: bool, due_within: str | 
     now = obj.clock.now()
     horizon = _duration(due_within) if due_within else None
     rows = []
-    for t in sorted(store.all_tickets(), key=lambda t: t["id"]):
+    unfiltered = status is None and not overdue and horizon is None and not breached
+    if unfiltered and (not as_json or limit):  # the newest few: parse only the tickets shown
+        n = TABLE_LIMIT if limit is None else limit or None
+        total, everything = store.newest_hot_tickets(n)
+        if n is not None and total > n:
+            click.echo(f"showing the newest {n:,} of {total:,} tickets (--limit N, --limit 0 for all)", err=True)
+    else:
+        everything = sorted(store.all_tickets(), key=lambda t: t["id"])
+    for t in everything:
         if status is not None and t.get("status") != status:
             continue
         if overdue or horizon is not None or breached:
@@ -481,13 +489,16 @@ def tickets_list(obj: Ctx, status: str | None, overdue: bool, due_within: str | 
             if breached and not clocks[breached].breached:
                 continue
         rows.append(t)
-    rows = [_ticket_summary(t, store) for t in _newest(rows, limit, as_json, "tickets")]
+    if not unfiltered or (as_json and not limit):
+        rows = _newest(rows, limit, as_json, "tickets")
+    rows = [_ticket_summary(t, store) for t in rows]
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return
+    shown = {t["id"]: t for t in everything}
     for r in rows:
-        r["due"] = ((store.ticket(r["id"]) or {}).get("sla") or {}).get(
-            "first_response_due" if not store.ticket(r["id"]).get("first_response_at") else "resolution_due")
+        t = shown[r["id"]]
+        r["due"] = (t.get("sla") or {}).get("first_response_due" if not t.get("first_response_at") else "resolution_due")
     echo_table(rows, [Column("id", "ID"), Column("status", "STATUS"), Column("priority", "PRIORITY"),
                       Column("category", "CATEGORY"), Column("assignee", "ASSIGNEE", shrink=True),
                       Column("due", "DUE", kind="time"), Column("message_count", "MSGS", kind="number"),

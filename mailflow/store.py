@@ -877,18 +877,33 @@ class Store:
         """The ids of the hot tickets (from the tickets' lines when none is parsed yet)."""
         if "_tid" in self.__dict__:
             return list(self._tid)
+        return [tid for _k, tid in self._ticket_keys()]
+
+    def _ticket_keys(self) -> list[tuple[str, str]]:
+        """(document key, ticket id) of every hot ticket, read from the lines without parsing them."""
         out = []
-        for _k, v in list(raw_items(self._table("tickets"))):
+        for k, v in list(raw_items(self._table("tickets"))):
             if type(v) is bytes:  # '"<key>":{"id":"<id>",...' as the store writes tickets, else parse
                 i = v.find(b'":{"id":"')
                 j = v.find(b'"', i + 9) if i >= 0 else -1
                 if i < 0 or i != v.find(b'":') or j < 0 or b"\\" in v[i + 9:j]:
-                    out.append(_parse_line(v)["id"])
+                    out.append((k, _parse_line(v)["id"]))
                 else:
-                    out.append(v[i + 9:j].decode())
+                    out.append((k, v[i + 9:j].decode()))
             else:
-                out.append(v["id"])
+                out.append((k, v["id"]))
         return out
+
+    def newest_hot_tickets(self, n: int | None) -> tuple[int, list[dict]]:
+        """How many tickets are hot, and the last `n` of them by id (all for None), oldest first,
+        parsing only those: what a list of the newest few needs (the ticket index parses them all)."""
+        if "_tid" in self.__dict__:
+            pairs = list(self._tid.items())
+        else:
+            pairs = [(tid, k) for k, tid in self._ticket_keys()]
+        pairs.sort()
+        table = self._table("tickets")
+        return len(pairs), [table[k] for _tid, k in (pairs if n is None else pairs[len(pairs) - n:] if n else [])]
 
     def all_tickets(self) -> list[dict]:
         return list(self._table("tickets").values())

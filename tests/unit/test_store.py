@@ -204,3 +204,22 @@ def test_prune_drops_stale_flood_cap_rows(tmp_path):
         s.prune()
     s2 = Store(tmp_path)
     assert s2.get_meta("auto:old@x") is None and s2.get_meta("auto:new@x")
+
+
+def test_newest_hot_tickets_parses_only_what_it_returns(tmp_path):
+    s = Store(tmp_path)
+    with s.batch():
+        for day in ("20261124", "20261123"):  # inserted out of id order
+            for _ in range(30):
+                s.add_ticket(_ticket(s.next_ticket_id("CW", day)))
+    everything = sorted(t["id"] for t in Store(tmp_path).all_tickets())
+    fresh = Store(tmp_path)
+    total, newest = fresh.newest_hot_tickets(5)
+    assert total == 60 and [t["id"] for t in newest] == everything[-5:]
+    assert "_tid" not in fresh.__dict__  # no index was built, so not every ticket was parsed
+    assert [t["id"] for t in fresh.newest_hot_tickets(None)[1]] == everything
+    assert fresh.newest_hot_tickets(0) == (60, [])
+    fresh.ticket("CW202611240001"), fresh.ticket("CW202611240002"), fresh.ticket("CW202611240003")
+    fresh.ticket("CW202611240004")  # the index is built now: the same answer from it
+    assert "_tid" in fresh.__dict__
+    assert [t["id"] for t in fresh.newest_hot_tickets(5)[1]] == everything[-5:]
