@@ -18,7 +18,7 @@ from mailflow.clock import Clock
 from mailflow.errors import ProblemsError
 from mailflow.privacy import MaskAddresses
 from mailflow.spool import Spool
-from mailflow.store import Store, StoreError
+from mailflow.storeapi import StoreAPI, StoreError, has_data, open_store
 
 log = logging.getLogger("mailflow")
 
@@ -77,8 +77,8 @@ class Ctx:
             _Redact.secrets = [x for x in literal if x and len(x) >= 4]  # "x" would mangle every line
         return self._cfg
 
-    def store(self) -> Store:
-        return Store(self.cfg.data_dir)
+    def store(self) -> StoreAPI:
+        return open_store(self.cfg)
 
     def runtime(self):
         from mailflow.runtime import LoadError, Runtime
@@ -405,7 +405,7 @@ def simulate(obj: Ctx, files: tuple[Path, ...], as_json: bool, explain: bool) ->
 
 # ---- tickets ----------------------------------------------------------------------------------
 
-def _ticket_summary(t: dict, store: Store) -> dict:
+def _ticket_summary(t: dict, store: StoreAPI) -> dict:
     return {
         "id": t["id"], "status": t.get("status"), "category": t.get("category"), "priority": t.get("priority"),
         "customer_email": t.get("customer_email"), "subject": t.get("subject"), "created_at": t.get("created_at"),
@@ -697,7 +697,7 @@ def status(obj: Ctx, as_json: bool) -> None:
     Example: `mailflow status` or `mailflow status --json` for monitoring."""
     from mailflow import services
 
-    store = Store(obj.cfg.data_dir, create=False) if obj.cfg.data_dir.is_dir() else None
+    store = open_store(obj.cfg, create=False) if has_data(obj.cfg) else None
     if store is None:
         raise click.ClickException(f"no data directory at {obj.cfg.data_dir} (mailflow has not run yet)")
     out = services.status(obj.cfg, store)
@@ -705,7 +705,7 @@ def status(obj: Ctx, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(out, ensure_ascii=False, indent=2))
         return
-    click.echo(f"data: {out['data_dir']}")
+    click.echo(f"data: {out['data_dir']}" + (f" (database: {obj.cfg.pg.dsn})" if out["backend"] == "postgresql" else ""))
     for m in out["mailboxes"]:
         click.echo(f"mailbox {m['name']}: last poll {m['last_poll'] or 'never'}, last uid {m['last_uid']}"
                    f"{', error: ' + m['last_error'] if m['last_error'] else ''}")

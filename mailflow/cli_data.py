@@ -137,7 +137,7 @@ def verify_cmd(ctx: click.Context, repair: bool, backup_file: Path | None, data_
 def tickets_search(ctx: click.Context, customer, text, date_from, date_to, status, limit, as_json) -> None:
     """Hot and archived tickets alike, newest first."""
     from mailflow.search import Query, day_bounds, search
-    from mailflow.store import Store
+    from mailflow.storeapi import has_data, open_store
 
     cfg = _obj(ctx).cfg
     try:
@@ -145,9 +145,9 @@ def tickets_search(ctx: click.Context, customer, text, date_from, date_to, statu
                   created_to=day_bounds(date_to, cfg.tz, end=True), status=status, limit=limit)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
-    if not cfg.data_dir.is_dir():
+    if not has_data(cfg):
         raise click.ClickException(f"no data directory at {cfg.data_dir}")
-    rows, more = search(Store(cfg.data_dir, create=False), q)
+    rows, more = search(open_store(cfg, create=False), q)
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return
