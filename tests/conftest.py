@@ -30,3 +30,25 @@ def smtp_sink():
     sink.start()
     yield sink
     sink.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A private PostgreSQL cluster (tests/support/postgres.py) with a migrated template database."""
+    from tests.support import postgres
+
+    if not postgres.available():
+        pytest.skip("no PostgreSQL binaries (initdb, pg_ctl) on this machine")
+    pg = postgres.Postgres()
+    try:
+        pg.start()
+        pg.make_template()
+        yield pg
+    finally:
+        pg.stop()
+
+
+@pytest.fixture
+def pg_dsn(pg_server) -> str:
+    """A fresh, migrated database of the session's cluster."""
+    return pg_server.new_database()
