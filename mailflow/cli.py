@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from mailflow import cli_data, cli_report, resources
+from mailflow import cli_data, cli_db, cli_report, resources
 from mailflow import config as config_mod
 from mailflow.cliutil import GlobalOptionsGroup
 from mailflow.clock import Clock
@@ -206,11 +206,29 @@ def check(obj: Ctx, connect: bool) -> None:
         day = cfg.policy.calendar_for("normal").day_seconds() / 3600
         click.echo(f"warning: {fname}: sla: a plain number is a number of business hours now (not wall-clock "
                    f'hours; one working day is {day:g} h): write "3d" for three working days', err=True)
-    failed = _check_connections(cfg) if connect else 0
+    failed = _check_database(cfg) + (_check_connections(cfg) if connect else 0)
     if problems or failed:
         sys.exit(1)
     click.echo(f"ok: config {fname}, {len(cfg.mailboxes)} mailbox(es), "
                f"rules {cfg.rules_dir}, templates {cfg.templates_dir}")
+
+
+def _check_database(cfg: config_mod.Config) -> int:
+    """PostgreSQL: connect, report the server version and the schema state (1 if unusable)."""
+    if cfg.backend != "postgresql":
+        return 0
+    from mailflow.store_pg import connect_check
+
+    r = connect_check(cfg)
+    if not r["ok"]:
+        click.echo(f"database {r['where']}: FAILED: {r['problem']}", err=True)
+        return 1
+    line = f"database {r['where']}: PostgreSQL {r['server']}, schema version {r['schema']}"
+    if r["problem"]:
+        click.echo(f"{line}: {r['problem']}", err=True)
+        return 1
+    click.echo(f"{line} (current)")
+    return 0
 
 
 def _check_connections(cfg: config_mod.Config) -> int:
@@ -705,7 +723,12 @@ def status(obj: Ctx, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(out, ensure_ascii=False, indent=2))
         return
-    click.echo(f"data: {out['data_dir']}" + (f" (database: {obj.cfg.pg.dsn})" if out["backend"] == "postgresql" else ""))
+    if out["backend"] == "postgresql":
+        from mailflow.store_pg import _where
+
+        click.echo(f"data: {out['data_dir']} (database: {_where(obj.cfg.pg.dsn)})")
+    else:
+        click.echo(f"data: {out['data_dir']}")
     for m in out["mailboxes"]:
         click.echo(f"mailbox {m['name']}: last poll {m['last_poll'] or 'never'}, last uid {m['last_uid']}"
                    f"{', error: ' + m['last_error'] if m['last_error'] else ''}")
@@ -728,6 +751,7 @@ def status(obj: Ctx, as_json: bool) -> None:
 
 cli_report.register(main)
 cli_data.register(main)  # backup, restore, verify, tickets search, privacy
+cli_db.register(main)  # db upgrade, db migrate (PostgreSQL)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
