@@ -1,0 +1,101 @@
+"""The PostgreSQL backend as an admin meets it: `db upgrade`, `check`, schema refusal, `db migrate`
+from an existing TinyDB data directory (idempotent, read-only on the TinyDB files)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from mailflow import resources
+from mailflow.spool import Segments
+from mailflow.store import Store
+from tests.integration.helpers import mailflow
+
+SAMPLES = sorted(resources.samples().glob("*.eml"))
+
+
+def _cfg(tmp: Path, dsn: str | None, data: Path | None = None) -> Path:
+    p = tmp / ("pg.toml" if dsn else "tiny.toml")
+    lines = f'[storage]\ndata_dir = "{data or tmp / "data"}"\n'
+    if dsn:
+        lines += f'backend = "postgresql"\ndsn = "{dsn}"\n'
+    p.write_text(lines + '[company]\nname = "Test Co."\n', encoding="utf-8")
+    return p
+
+
+def test_upgrade_check_and_refusal(tmp_path, pg_server):
+    dsn = pg_server.new_database(migrated=False)
+    cfg = _cfg(tmp_path, dsn)
+    r = mailflow(cfg, "tickets", "list", check=False)
+    assert r.returncode == 1 and "mailflow db upgrade" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = mailflow(cfg, "check", check=False)
+    assert r.returncode == 1 and "schema version 0" in r.stderr and "mailflow db upgrade" in r.stderr
+    assert "upgraded from version 0 to 1" in mailflow(cfg, "db", "upgrade").stdout
+    assert "up to date (version 1)" in mailflow(cfg, "db", "upgrade").stdout
+    out = mailflow(cfg, "check").stdout
+    assert "PostgreSQL 1" in out and "schema version 1 (current)" in out
+    assert mailflow(cfg, "tickets", "list", "--json").stdout.strip() == "[]"
+    r = mailflow(_cfg(tmp_path, "postgresql://nobody@127.0.0.1:1/x"), "check", check=False)
+    assert r.returncode == 1 and "FAILED" in r.stderr
+
+
+def _tree_digest(d: Path) -> dict[str, str]:
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*"))
+            if p.is_file()}
+
+
+def test_migrate_from_tinydb(tmp_path, pg_dsn):
+    data = tmp_path / "data"
+    tiny = _cfg(tmp_path, None, data)
+    mailflow(tiny, "ingest", *map(str, SAMPLES))
+    # some history: an archived ticket, a queued mail with its segment, quarantine, a checkpoint
+    s = Store(data)
+    seg = Segments(data / "outbox", ".out")
+    [ref] = seg.write([b"Subject: queued\r\n\r\nhello\r\n"])
+    with s.batch():
+        s.add_ticket({"id": "CW202001150001", "status": "closed", "customer_email": "old@x.example",
+                      "created_at": "2020-01-15T01:00:00Z", "closed_at": "2020-01-16T01:00:00Z", "subject": "old",
+                      "events": []})
+        s.add_message({"ticket_id": "CW202001150001", "message_id": "<old@x>", "hash": "h", "direction": "in",
+                       "from": "old@x.example", "to": ["support@x.example"], "subject": "old", "text": "hi"})
+        s.add_outbox({"ticket_id": "CW202001150001", "status": "queued", "to": ["old@x.example"], "attempts": 0,
+                      "created_at": "2020-01-16T01:00:00Z", "next_attempt_at": "2020-01-16T01:00:00Z", "file": ref})
+        s.add_quarantine({"status": "held", "spool": "nowhere", "hash": "qh", "reason": "test"})
+        s.set_checkpoint("support", last_uid=42, uidvalidity=7)
+        s.set_meta("serial:CW:20200115", 1)
+    with s.batch():
+        assert s.archive(3.0, now=datetime(2026, 1, 1, tzinfo=UTC)) == 1
+    s.close()
+    before = _tree_digest(data)
+    tiny_list = json.loads(mailflow(tiny, "tickets", "list", "--json").stdout)
+
+    pg = _cfg(tmp_path, pg_dsn, data)
+    out = mailflow(pg, "db", "migrate", "--from", "tinydb", "--to", "postgresql").stdout
+    assert "counts match" in out and "tickets_archived: 1 in TinyDB, 1 in PostgreSQL" in out
+    again = mailflow(pg, "db", "migrate", "--from", "tinydb", "--to", "postgresql").stdout
+    assert again.split("\n")[-6:] == out.split("\n")[-6:]  # a re-run adds nothing twice
+    assert _tree_digest(data) == before  # the TinyDB files were only read
+
+    pg_list = json.loads(mailflow(pg, "tickets", "list", "--json").stdout)
+    assert [t["id"] for t in pg_list] == [t["id"] for t in tiny_list]
+    shown = json.loads(mailflow(pg, "tickets", "show", "CW202001150001", "--json").stdout)
+    assert shown["id"] == "CW202001150001"
+    st = json.loads(mailflow(pg, "status", "--json").stdout)
+    assert st["backend"] == "postgresql" and st["outbox"]["queued"] == 6 and st["quarantine"] == 1
+    # the serials continue, replays stay duplicates, the queued mail's bytes are in the database
+    from mailflow import config
+    from mailflow.storeapi import open_store
+
+    c = config.load(str(pg))
+    ps = open_store(c)
+    try:
+        assert ps.checkpoint("support") == {"last_uid": 42, "uidvalidity": 7}
+        assert ps.peek_ticket_id("CW", "20200115")[0] == "CW202001150002"
+        k = next(k for k, r in ps.outbox_rows().items() if r["ticket_id"] == "CW202001150001")
+        assert ps.outbox_data(k) == b"Subject: queued\r\n\r\nhello\r\n"
+        assert ps.is_archived("CW202001150001") and ps.already_seen("<old@x>", "any")
+    finally:
+        ps.close()
+    assert "7 duplicate" in mailflow(pg, "ingest", *map(str, SAMPLES)).stdout
