@@ -558,6 +558,21 @@ class PgStore:
         self._x("UPDATE messages SET archived = false WHERE ticket_id = %s", (tid,))
         return self.ticket(tid)
 
+    def forget_archived(self, closed_before: str) -> list[dict]:
+        """Retention (`closed_tickets_years`): delete archived tickets closed before the cutoff and
+        their messages, in the batch; their `{"ticket", "messages"}` so the caller can blank the
+        raw mail and remove the attachments they refer to."""
+        gone = self._x("DELETE FROM tickets WHERE archived AND status = 'closed' AND closed_at IS NOT NULL AND "
+                       "closed_at <> '' AND closed_at < %s RETURNING id, doc", (closed_before,)).fetchall()
+        if not gone:
+            return []
+        ids = [tid for tid, _t in gone]
+        msgs: dict[str, list[dict]] = {}
+        for tid, m in self._x("DELETE FROM messages WHERE ticket_id = ANY(%s) RETURNING ticket_id, doc",
+                              (ids,)).fetchall():
+            msgs.setdefault(tid, []).append(m)
+        return [{"ticket": t, "messages": msgs.get(tid, [])} for tid, t in gone]
+
     def archived_ticket(self, tid: str) -> dict | None:
         t = self._q1("SELECT doc FROM tickets WHERE id = %s AND archived", (tid,))
         if t is None:

@@ -540,3 +540,19 @@ def test_pg_daemon_status_rows(pg_cfg):
 
 
 _ = timedelta
+
+
+def test_retention_forgets_old_archived_tickets(store, cfg):
+    from mailflow import retention
+
+    with store.batch():
+        store.add_ticket(_t("CW201901020001", status="closed", closed_at="2019-01-03T00:00:00Z",
+                            created_at="2019-01-02T00:00:00Z"))
+        store.add_message(_m("CW201901020001", "gone@x"))
+        store.add_ticket(_t("CW202611230001", status="closed", closed_at="2026-11-24T00:00:00Z"))
+    with store.batch():
+        assert store.archive(3.0, now=datetime(2026, 12, 30, tzinfo=UTC), cfg=cfg) == 2
+    assert retention.expire_closed(store, datetime(2025, 1, 1, tzinfo=UTC), cfg) == 1
+    assert not store.is_archived("CW201901020001") and store.is_archived("CW202611230001")
+    assert store.archived_count() == 1
+    assert store.get_meta("retention:log")[-1]["tickets"] == 1
