@@ -664,6 +664,72 @@ class PgStore:
                 doc = {**doc, "_archived_messages": self.messages_of_any(k)}
             yield k, doc
 
+    # ---- privacy (export / erase: mailflow/privacy.py) --------------------------------------------
+
+    _DOCS = {"tickets": ("id", "SELECT id, doc, archived FROM tickets"),
+             "messages": ("k", "SELECT k, doc, archived FROM messages"),
+             "outbox": ("k", "SELECT k, doc, data IS NOT NULL FROM outbox"),
+             "quarantine": ("k", "SELECT k, doc, false FROM quarantine")}
+
+    def docs_mentioning(self, table: str, needles: list[str], tickets: list[str] = ()) -> list[tuple[str, dict, bool]]:
+        """(key, document, flag) of rows whose document holds any needle (case-insensitive), or
+        that belong to one of `tickets` (flag: archived; outbox: has its mail's bytes)."""
+        _key, sql = self._DOCS[table]
+        pats = ["%" + n.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%" for n in needles]
+        cond = "doc::text ILIKE ANY(%s)"
+        args: list = [pats]
+        if tickets and table != "quarantine":
+            cond += f" OR {'id' if table == 'tickets' else 'ticket_id'} = ANY(%s)"
+            args.append(list(tickets))
+        return [(str(k), d, bool(f)) for k, d, f in self._q(f"{sql} WHERE {cond} ORDER BY 1", args)]
+
+    def put_doc(self, table: str, key: str, doc: dict) -> None:
+        """Replace one document whole (privacy erase), with the columns beside it; an archived
+        ticket's report summary is made again from the new document."""
+        if table == "tickets":
+            self._x("UPDATE tickets SET status = %s, customer_email = %s, created_at = %s, closed_at = %s, "
+                    "wake_at = CASE WHEN archived THEN NULL ELSE %s END, doc = %s WHERE id = %s",
+                    (*_ticket_cols(doc), _j(doc), key))
+            if self._x("SELECT archived FROM tickets WHERE id = %s", (key,)).fetchone()[0]:
+                from mailflow.archive import summary_of
+
+                self._x("UPDATE tickets SET summary = %s WHERE id = %s", (_j(summary_of(doc, self.cfg)), key))
+            self._live.pop(key, None)
+        elif table == "messages":
+            self._x("UPDATE messages SET message_id = %s, hash = %s, mailbox = %s, doc = %s WHERE k = %s",
+                    (doc["message_id"], doc.get("hash") or "", doc.get("mailbox"), _j(doc), int(key)))
+        elif table == "outbox":
+            self._x("UPDATE outbox SET status = %s, next_attempt_at = %s, sent_at = %s, doc = %s WHERE k = %s",
+                    (doc.get("status"), doc.get("next_attempt_at"), doc.get("sent_at"), _j(doc), int(key)))
+        elif table == "quarantine":
+            self._x("UPDATE quarantine SET status = %s, hash = %s, spool = %s, doc = %s WHERE k = %s",
+                    (doc.get("status"), doc.get("hash"), doc.get("spool"), _j(doc), int(key)))
+        else:
+            raise StoreError(f"no table {table}")
+
+    def outbox_mail_items(self) -> Iterator[tuple[str, bytes]]:
+        """(row key, bytes) of every outbox row that holds its mail (privacy scans them)."""
+        for k, d in self._q("SELECT k, data FROM outbox WHERE data IS NOT NULL ORDER BY k"):
+            yield str(k), bytes(d)
+
+    def set_outbox_data(self, k: str, data: bytes | None) -> None:
+        self._x("UPDATE outbox SET data = %s WHERE k = %s", (data, int(k)))
+
+    def spool_refs(self) -> list[str]:
+        """The spool reference of every incoming message, hot or archived."""
+        return [r[0] for r in self._q("SELECT doc->>'spool' FROM messages WHERE direction = 'in' AND "
+                                      "doc->>'spool' IS NOT NULL")]
+
+    def drop_seen_mentioning(self, needle: str) -> int:
+        return len(self._x("DELETE FROM seen WHERE position(%s in lower(key)) > 0 RETURNING key",
+                           (needle.lower(),)).fetchall())
+
+    def meta_items(self) -> list[tuple[str, Any]]:
+        return self._q("SELECT key, value FROM meta ORDER BY key")
+
+    def drop_meta(self, key: str) -> None:
+        self._x("DELETE FROM meta WHERE key = %s", (key,))
+
     # ---- daemons (`mailflow status`) ------------------------------------------------------------
 
     def write_daemon_status(self, doc: dict) -> None:
