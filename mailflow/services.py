@@ -106,16 +106,13 @@ def run_once(rt: Runtime, echo: Echo, err: Echo) -> PassReport:
         lock.close()
 
 
-class _NoLock:
-    def close(self) -> None:
-        pass
-
-
 def process_lock(store: StoreAPI):
-    """TinyDB: one daemon per data directory (`lock_process`; None if another holds it). PostgreSQL
-    has no such lock: several daemons share the database (each mailbox's lease is part 2's)."""
+    """One daemon (or `run --once`) at a time; None if another holds it. TinyDB: the data directory
+    (`lock_process`). PostgreSQL: the database (`PgStore.daemon_lock`, a session advisory lock the
+    server frees when the process dies), until mailbox leases and outbox claims let several
+    daemons share it."""
     if store.backend != "tinydb":
-        return _NoLock()
+        return store.daemon_lock()
     from mailflow.store import lock_process
 
     return lock_process(store.dir)

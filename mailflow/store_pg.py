@@ -45,6 +45,18 @@ log = logging.getLogger("mailflow.store_pg")
 _RETRY = (pgerr.DeadlockDetected, pgerr.SerializationFailure, pgerr.LockNotAvailable, psycopg.OperationalError)
 
 
+DAEMON_LOCK = 0x6D61696C666C6F78  # the advisory lock `daemon_lock` holds (pg_schema.LOCK_KEY + 1)
+
+
+class _DaemonLock:
+    def __init__(self, conn: psycopg.Connection):
+        self.conn = conn
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+
 def _j(v: Any) -> Jsonb:
     return Jsonb(v, dumps=lambda o: json.dumps(o, ensure_ascii=False, separators=(",", ":")))
 
@@ -749,6 +761,16 @@ class PgStore:
         return {**first[4], "running": first[5], "id": first[0],
                 "all": [{"id": r[0], "host": r[1], "pid": r[2], "seen_at": r[3].isoformat(timespec="seconds"),
                          "running": r[5]} for r in rows]}
+
+    def daemon_lock(self) -> _DaemonLock | None:
+        """One daemon per database for now (two would both fetch a mailbox's new mail and both
+        send a queued row): a session advisory lock on a connection of its own, freed by the server
+        when the process dies. None if another process holds it. Part 2 replaces it with leases."""
+        c = psycopg.connect(self._conninfo, autocommit=True)
+        if c.execute("SELECT pg_try_advisory_lock(%s)", (DAEMON_LOCK,)).fetchone()[0]:
+            return _DaemonLock(c)
+        c.close()
+        return None
 
     # ---- `mailflow check` -------------------------------------------------------------------------
 

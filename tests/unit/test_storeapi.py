@@ -556,3 +556,19 @@ def test_retention_forgets_old_archived_tickets(store, cfg):
     assert not store.is_archived("CW201901020001") and store.is_archived("CW202611230001")
     assert store.archived_count() == 1
     assert store.get_meta("retention:log")[-1]["tickets"] == 1
+
+
+def test_pg_one_daemon_per_database_until_leases(pg_cfg):
+    from mailflow.services import process_lock
+
+    a, b = open_store(pg_cfg), open_store(pg_cfg)
+    try:
+        la = process_lock(a)
+        assert la is not None and process_lock(b) is None
+        la.close()
+        lb = process_lock(b)
+        assert lb is not None
+        lb.close()
+    finally:
+        a.close()
+        b.close()
