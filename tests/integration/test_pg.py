@@ -131,3 +131,43 @@ def test_backup_verify_restore(tmp_path, pg_server):
     raw[len(raw) // 2] ^= 0xFF
     bad.write_bytes(bytes(raw))
     assert mailflow(cfg, "verify", "--backup", str(bad), check=False).returncode == 1
+
+
+def test_an_aborted_batch_commits_nothing_and_the_retry_makes_each_ticket_once(tmp_path, pg_dsn, monkeypatch):
+    """The connection dies in the middle of a mailbox batch (as a deadlock victim's would): the
+    pipeline does not quarantine the mail, the whole batch is rolled back (no ticket, no outbox
+    row, checkpoint unmoved) and raises BatchAborted; the mailbox loop's retry then processes it
+    once."""
+    import psycopg
+    import pytest
+
+    from mailflow import config
+    from mailflow.pipeline import Incoming
+    from mailflow.runtime import Runtime
+    from mailflow.store_pg import PgStore
+    from mailflow.storeapi import BatchAborted
+
+    cfg = config.load(str(_cfg(tmp_path, pg_dsn)))
+    rt = Runtime.load(cfg)
+    items = [Incoming(p.read_bytes(), mailbox="support", uid=i + 1) for i, p in enumerate(SAMPLES[:3])]
+    real = PgStore.add_message
+    calls = []
+
+    def dying(self, m):
+        calls.append(1)
+        if len(calls) == 2:  # the second message of the batch: the server drops the connection
+            with psycopg.connect(pg_dsn, autocommit=True) as c:
+                c.execute("SELECT pg_terminate_backend(%s)", (self._conn.info.backend_pid,))
+        return real(self, m)
+
+    monkeypatch.setattr(PgStore, "add_message", dying)
+    with pytest.raises(BatchAborted):
+        rt.pipeline.process(items, checkpoint=("support", {"last_uid": 3, "uidvalidity": 1}))
+    assert rt.store.ticket_counts() == {} and rt.store.outbox_counts() == {}
+    assert rt.store.checkpoint("support") == {} and rt.store.quarantined() == []
+    monkeypatch.setattr(PgStore, "add_message", real)
+    results = rt.pipeline.process([Incoming(i.raw, mailbox="support", uid=i.uid) for i in items],
+                                  checkpoint=("support", {"last_uid": 3, "uidvalidity": 1}))
+    assert sorted(r.kind for r in results) == ["new", "new", "new"]
+    assert rt.store.ticket_counts() == {"new": 3} and rt.store.checkpoint("support")["last_uid"] == 3
+    rt.store.close()
