@@ -130,6 +130,7 @@ class PgStore:
         self._owner: int | None = None  # the thread running the batch
         self._depth = 0
         self._live: dict[str, dict] = {}  # tickets read in this batch (locked), by id
+        self._dirty: dict[str, bool] = {}  # live tickets changed since written (-> wake_at was set)
         self._sp = 0
         if check_schema:
             with self.pool.connection() as c:
@@ -150,6 +151,8 @@ class PgStore:
     def _x(self, sql: str, args: Any = None) -> psycopg.Cursor:
         """Execute in the batch (a change: outside one it is an error)."""
         self._require_batch()
+        if self._dirty and "tickets" in sql:
+            self._flush()
         cur = self._conn.cursor()
         try:
             return cur.execute(sql, args)
@@ -157,6 +160,8 @@ class PgStore:
             raise BatchAborted(f"database: {_why(e)}") from e
 
     def _q(self, sql: str, args: Any = None) -> list[tuple]:
+        if self._dirty and "tickets" in sql and self._in_my_batch():
+            self._flush()  # a query of the tickets sees every change of the batch so far
         try:
             with self._cursor() as cur:
                 return cur.execute(sql, args).fetchall()
@@ -196,11 +201,13 @@ class PgStore:
             try:
                 conn.execute("BEGIN")
                 self._conn, self._owner, self._depth, self._live = conn, threading.get_ident(), 1, {}
+                self._dirty = {}
                 try:
                     yield self
+                    self._flush()
                     ok = True
                 finally:
-                    self._depth, self._live = 0, {}
+                    self._depth, self._live, self._dirty = 0, {}, {}
                     self._conn = self._owner = None
                     if ok:
                         try:
@@ -224,6 +231,7 @@ class PgStore:
         self._require_batch()
         self._sp += 1
         name = f"sp{self._sp}"
+        self._flush()  # what the savepoint goes back to is what is written
         self._x(f"SAVEPOINT {name}")
         live_before = {k: dict(v) for k, v in self._live.items()}
         try:
@@ -236,7 +244,7 @@ class PgStore:
             except _RETRY as e:
                 raise BatchAborted(f"database: {_why(e)}") from e
             # the live documents go back to what they were (as TinyDB's savepoint restores them)
-            self._live = {}
+            self._live, self._dirty = {}, {}
             for tid, doc in live_before.items():
                 self._live[tid] = doc
             raise
@@ -339,13 +347,24 @@ class PgStore:
         t = self.ticket(tid)
         if t is None:
             raise KeyError(tid)
+        self._require_batch()
         t.update(fields)
-        self._write_ticket(t, scheduled="wake_at" in fields)
+        self._dirty[tid] = self._dirty.get(tid, False) or "wake_at" in fields
 
-    def _write_ticket(self, t: dict, scheduled: bool = False) -> None:
-        self._x("UPDATE tickets SET status = %s, customer_email = %s, created_at = %s, closed_at = %s, "
-                "wake_at = %s, doc = %s" + (", scheduled = true" if scheduled else "") + " WHERE id = %s",
-                (*_ticket_cols(t), _j(t), t["id"]))
+    def _flush(self) -> None:
+        """Write the changed live tickets: one UPDATE per ticket however often a message changed it
+        (before a savepoint, a query, the commit)."""
+        if not self._dirty:
+            return
+        dirty, self._dirty = self._dirty, {}
+        rows = [(*_ticket_cols(self._live[tid]), _j(self._live[tid]), sched, tid) for tid, sched in dirty.items()
+                if tid in self._live]
+        try:
+            self._conn.cursor().executemany(
+                "UPDATE tickets SET status = %s, customer_email = %s, created_at = %s, closed_at = %s, wake_at = %s, "
+                "doc = %s, scheduled = scheduled OR %s WHERE id = %s", rows)
+        except _RETRY as e:
+            raise BatchAborted(f"database: {_why(e)}") from e
 
     def add_event(self, tid: str, kind: str, detail: str = "", at: datetime | None = None,
                   actor: str = "system") -> None:

@@ -572,3 +572,19 @@ def test_pg_one_daemon_per_database_until_leases(pg_cfg):
     finally:
         a.close()
         b.close()
+
+
+def test_changes_before_a_failed_savepoint_stay(store):
+    with store.batch():
+        store.add_ticket(_t("CW202611230001"))
+    with store.batch():
+        store.update_ticket("CW202611230001", {"status": "open", "n": 1})
+        with pytest.raises(ValueError), store.savepoint():
+            store.update_ticket("CW202611230001", {"n": 2, "wake_at": "2026-11-23T05:00:00Z"})
+            assert store.ticket_counts() == {"open": 1}  # a query inside sees the batch's changes
+            raise ValueError("undo n=2")
+        assert store.ticket("CW202611230001")["n"] == 1
+        store.update_ticket("CW202611230001", {"n": 3})
+        assert store.customer_stats("a@b.example", datetime(2026, 11, 23, tzinfo=UTC))["open_tickets"] == 1
+    t = store.ticket("CW202611230001")
+    assert (t["status"], t["n"]) == ("open", 3) and store.next_wake() is None
