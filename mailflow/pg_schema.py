@@ -23,6 +23,9 @@ query is an index lookup:
   token that fenced its last update); leases and daemons: for part 2 (mailbox leases with expiry
   and fencing tokens, who runs where).
 
+Times are ISO 8601 UTC strings as everywhere in mailflow, compared as strings: their columns (and
+ticket ids) are `COLLATE "C"`, so ranges and orders are byte orders whatever the database's locale.
+
 Archived tickets stay in `tickets` with `archived = true` and their report summary in `summary`:
 archiving and unarchiving are one UPDATE each (no copy of the messages), a Message-ID is found
 through one index whether its ticket is hot or archived, hot queries use partial indexes
@@ -40,12 +43,12 @@ MIGRATIONS: list[str] = [
     # 1: everything the store needs, and room for cluster operation (part 2)
     """
     CREATE TABLE tickets (
-        id text PRIMARY KEY,
+        id text COLLATE "C" PRIMARY KEY,
         status text NOT NULL,
         customer_email text NOT NULL DEFAULT '',
-        created_at text NOT NULL DEFAULT '',
-        closed_at text,
-        wake_at text,
+        created_at text COLLATE "C" NOT NULL DEFAULT '',
+        closed_at text COLLATE "C",
+        wake_at text COLLATE "C",
         scheduled boolean NOT NULL DEFAULT true,
         archived boolean NOT NULL DEFAULT false,
         doc jsonb NOT NULL,
@@ -72,7 +75,7 @@ MIGRATIONS: list[str] = [
     CREATE INDEX messages_ticket ON messages (ticket_id, k);
     CREATE INDEX messages_mailbox ON messages (mailbox, k) WHERE NOT archived;
 
-    CREATE TABLE seen (key text PRIMARY KEY, outcome text, at text NOT NULL DEFAULT '');
+    CREATE TABLE seen (key text PRIMARY KEY, outcome text, at text COLLATE "C" NOT NULL DEFAULT '');
     CREATE INDEX seen_at ON seen (at);
     CREATE TABLE meta (key text PRIMARY KEY, value jsonb);
     CREATE TABLE serials (prefix text NOT NULL, day text NOT NULL, n integer NOT NULL,
@@ -89,9 +92,9 @@ MIGRATIONS: list[str] = [
         k bigserial PRIMARY KEY,
         status text NOT NULL,
         ticket_id text,
-        next_attempt_at text,
-        sent_at text,
-        created_at text,
+        next_attempt_at text COLLATE "C",
+        sent_at text COLLATE "C",
+        created_at text COLLATE "C",
         claimed_by text,
         claim_until timestamptz,
         doc jsonb NOT NULL,

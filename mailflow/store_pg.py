@@ -626,8 +626,9 @@ class PgStore:
         """Streamed with a server-side cursor over (archived, created_at, id): flat memory."""
         with self.pool.connection() as c, c.transaction(), c.cursor(name="summaries") as cur:
             cur.itersize = 2000
-            cur.execute("SELECT summary, doc FROM tickets WHERE archived AND created_at >= %s AND created_at < %s "
-                        "ORDER BY created_at, id", (created_from or "", created_to or "\uffff"))
+            cur.execute("SELECT summary, doc FROM tickets WHERE archived AND created_at >= %s"
+                        + (" AND created_at < %s" if created_to else "") + " ORDER BY created_at, id",
+                        (created_from or "", created_to) if created_to else (created_from or "",))
             for summary, doc in cur:
                 yield summary if summary is not None else {k: v for k, v in doc.items() if k != "events"}
 
