@@ -5,6 +5,14 @@ embedded default) and `mailflow.store_pg.PgStore` (PostgreSQL, several daemons m
 `open_store(cfg)` is the only place that picks one; nothing outside the two stores reaches into
 their internals. The TinyDB behaviour is the spec; each contract is stated on its method.
 
+Backend-specific calls, made only after checking `store.backend` (they have no TinyDB meaning):
+`PgStore.daemon_lock()` (one daemon per database until part 2's leases), `write_daemon_status()` /
+`daemons()` (what `status` shows; TinyDB writes `daemon-status.json`), `forget_archived()`
+(retention), `docs_mentioning()` / `put_doc()` / `outbox_mail_items()` / `set_outbox_data()` /
+`spool_refs()` / `drop_seen_mentioning()` / `meta_items()` / `drop_meta()` (privacy erase and
+export), `messages_of_any()`; TinyDB's `archive_index`, `lock`, `storage` stay TinyDB-only (backup,
+verify, privacy and retention use them on that branch only).
+
 Documents are plain dicts (TinyDB's documents): a ticket has an `id`, a message a `message_id`,
 `ticket_id` and `direction`, an outbox row a `status` (queued | sent | failed | erased). Times are
 ISO 8601 UTC strings (`clock.iso`), compared as strings.
