@@ -55,7 +55,8 @@ def run_once(rt: Runtime, echo: Echo, err: Echo) -> PassReport:
     p = rt.pipeline
     lock = process_lock(p.store)
     if lock is None:
-        err(f"a mailflow daemon is running on {p.store.dir}; it already does what --once would")
+        where = p.store.dir if p.store.backend == "tinydb" else "the database"
+        err(f"a mailflow daemon is running on {where}; it already does what --once would")
         rep.exit = EXIT_BUSY
         return rep
     try:

@@ -171,3 +171,20 @@ def test_an_aborted_batch_commits_nothing_and_the_retry_makes_each_ticket_once(t
     assert sorted(r.kind for r in results) == ["new", "new", "new"]
     assert rt.store.ticket_counts() == {"new": 3} and rt.store.checkpoint("support")["last_uid"] == 3
     rt.store.close()
+
+
+def test_run_once_exits_1_while_a_daemon_holds_the_database(tmp_path, pg_dsn):
+    from mailflow import config
+    from mailflow.services import process_lock
+    from mailflow.storeapi import open_store
+
+    cfg = _cfg(tmp_path, pg_dsn)
+    s = open_store(config.load(str(cfg)))
+    lock = process_lock(s)
+    try:
+        r = mailflow(cfg, "run", "--once", check=False)
+        assert r.returncode == 1 and "running on the database" in r.stderr
+    finally:
+        lock.close()
+        s.close()
+    assert mailflow(cfg, "run", "--once").returncode == 0
