@@ -129,12 +129,14 @@ def git_rev() -> str:
 
 # ---- helpers --------------------------------------------------------------------------------------
 
-def write_config(path: Path, data_dir: Path, dv: Dovecot, user: str, sink: SmtpSink, batch_size: int) -> Path:
+def write_config(path: Path, data_dir: Path, dv: Dovecot, user: str, sink: SmtpSink, batch_size: int,
+                 dsn: str | None = None) -> Path:
+    pg = f'backend = "postgresql"\ndsn = "{dsn}"\n' if dsn else ""
     path.write_text(f"""\
 # mailflow benchmark config (written by bench/run.py)
 [storage]
 data_dir = "{data_dir}"
-
+{pg}
 [company]
 name = "Bench Co."
 
@@ -204,10 +206,12 @@ def fill_mailbox(dv: Dovecot, user: str, raws: list[bytes]) -> None:
         c.logout()
 
 
-def store_counts(data_dir: Path) -> dict:
+def store_counts(data_dir: Path, cfg_path: Path | None = None) -> dict:
+    from mailflow import config
     from mailflow.store import Store
+    from mailflow.storeapi import open_store
 
-    st = Store(data_dir)
+    st = open_store(config.load(str(cfg_path))) if cfg_path is not None else Store(data_dir)
     tickets = st.all_tickets()
     out = Counter(r.get("status") for r in st.outbox_rows().values())
     return {"tickets": len(tickets), "customers": Counter(t["customer_email"] for t in tickets),
@@ -256,6 +260,7 @@ class Bench:
         self.sink = TimedSink()
         self.errors: list[str] = []
         self.users = 0
+        self.pg = None  # --backend postgresql: a private cluster, a fresh database per run
 
     def log(self, msg: str) -> None:
         if not self.a.quiet:
@@ -268,8 +273,17 @@ class Bench:
     def start(self) -> None:
         self.dv.start()
         self.sink.start()
+        if self.a.backend == "postgresql":
+            from tests.support.postgres import Postgres
+
+            self.pg = Postgres()  # its own temp dir: the cluster runs as an unprivileged user when root
+            self.pg.start()
+            self.pg.make_template()
 
     def stop(self) -> None:
+        if self.pg is not None:
+            with contextlib.suppress(Exception):
+                self.pg.stop()
         with contextlib.suppress(Exception):
             self.sink.stop()
         with contextlib.suppress(Exception):
@@ -280,7 +294,8 @@ class Bench:
     def mailflow_once(self, label: str, user: str, data_dir: Path, expect: int,
                       customers: Counter | None, profile: Path | None = None) -> dict:
         """`mailflow run --once` on `user`'s INBOX into `data_dir`; checked; sink cleared after."""
-        cfg = write_config(self.work / f"{label}.toml", data_dir, self.dv, user, self.sink, self.a.batch_size)
+        dsn = self.pg.new_database() if self.pg is not None else None
+        cfg = write_config(self.work / f"{label}.toml", data_dir, self.dv, user, self.sink, self.a.batch_size, dsn)
         self.sink.clear()
         cmd = [sys.executable]
         if profile is not None:
@@ -293,7 +308,7 @@ class Bench:
         try:
             if r["rc"] != 0:
                 raise BenchError(f"{label}: mailflow run --once exited {r['rc']}\n{r['stdout']}\n{r['stderr_tail']}")
-            c = store_counts(data_dir)
+            c = store_counts(data_dir, cfg if dsn else None)
             if c["tickets"] != expect or c["quarantined"]:
                 raise BenchError(f"{label}: {c['tickets']} tickets (expected {expect}), {c['quarantined']} "
                                  f"quarantined\n{r['stdout']}\n{r['stderr_tail']}")
@@ -618,6 +633,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-gap", type=float, default=0.0,
                     help="seconds to wait after each acknowledgement before the next APPEND (default 0)")
     ap.add_argument("--batch-size", type=int, default=100, help="mailflow [[mailbox]] batch_size")
+    ap.add_argument("--backend", choices=["tinydb", "postgresql"], default="tinydb",
+                    help="the store: postgresql runs a private cluster (tests/support/postgres.py), a fresh "
+                         "database per run (--scale and --latency are TinyDB only)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out",
                     help="work and cache folder (default bench/out, git-ignored)")
     ap.add_argument("--record", nargs="?", const=REPO / "bench" / "RESULTS.md", type=Path, default=None,

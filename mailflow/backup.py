@@ -392,6 +392,10 @@ def verify_backup(path: Path) -> Checked:
     checked, kept = check(path, keep=lambda n: n in want)
     if checked.problems or checked.manifest is None:
         return checked
+    if checked.manifest.get("backend") == "postgresql":  # a pg_dump instead of the TinyDB files
+        from mailflow import backup_pg
+
+        return backup_pg.verify_backup(path, checked)
     try:
         data = parse_db(kept.get("data/mailflow.json"), kept.get("data/mailflow.wal"))
     except ValueError as e:
@@ -449,6 +453,9 @@ def restore(path: Path, data_dir: Path, force: bool = False, echo: Callable[[str
         if checked.problems or checked.manifest is None:
             raise BackupError("; ".join(checked.problems) + " — nothing was written")
         manifest = checked.manifest
+        if manifest.get("backend") == "postgresql":
+            raise BackupError(f"{path}: a PostgreSQL backup: restore it with [storage] backend = \"postgresql\" "
+                              "and the dsn to restore into")
         data_dir.mkdir(parents=True, exist_ok=True)
         if lock is None:
             lock = lock_process(data_dir)
@@ -498,7 +505,7 @@ def _extract(path: Path, stage: Path, expected: dict[str, str]) -> int:
         if f is None or info.name == MANIFEST:
             continue
         name = info.name
-        if name.startswith("/") or ".." in Path(name).parts or not name.startswith(("data/", "config/")):
+        if name.startswith("/") or ".." in Path(name).parts or not name.startswith(("data/", "config/", "db/")):
             raise BackupError(f"{path}: {name}: an unsafe path in the archive")
         dest = stage / name
         dest.parent.mkdir(parents=True, exist_ok=True)

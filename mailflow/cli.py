@@ -11,14 +11,14 @@ from pathlib import Path
 
 import click
 
-from mailflow import __version__, cli_data, cli_report, resources
+from mailflow import __version__, cli_data, cli_db, cli_report, resources
 from mailflow import config as config_mod
 from mailflow.cliutil import GlobalOptionsGroup
 from mailflow.clock import Clock
 from mailflow.errors import ProblemsError
 from mailflow.privacy import MaskAddresses
 from mailflow.spool import Spool
-from mailflow.store import Store, StoreError
+from mailflow.storeapi import StoreAPI, StoreError, has_data, open_store
 
 log = logging.getLogger("mailflow")
 
@@ -77,8 +77,8 @@ class Ctx:
             _Redact.secrets = [x for x in literal if x and len(x) >= 4]  # "x" would mangle every line
         return self._cfg
 
-    def store(self) -> Store:
-        return Store(self.cfg.data_dir)
+    def store(self) -> StoreAPI:
+        return open_store(self.cfg)
 
     def runtime(self):
         from mailflow.runtime import LoadError, Runtime
@@ -206,11 +206,29 @@ def check(obj: Ctx, connect: bool) -> None:
         day = cfg.policy.calendar_for("normal").day_seconds() / 3600
         click.echo(f"warning: {fname}: sla: a plain number is a number of business hours now (not wall-clock "
                    f'hours; one working day is {day:g} h): write "3d" for three working days', err=True)
-    failed = _check_connections(cfg) if connect else 0
+    failed = _check_database(cfg) + (_check_connections(cfg) if connect else 0)
     if problems or failed:
         sys.exit(1)
     click.echo(f"ok: config {fname}, {len(cfg.mailboxes)} mailbox(es), "
                f"rules {cfg.rules_dir}, templates {cfg.templates_dir}")
+
+
+def _check_database(cfg: config_mod.Config) -> int:
+    """PostgreSQL: connect, report the server version and the schema state (1 if unusable)."""
+    if cfg.backend != "postgresql":
+        return 0
+    from mailflow.store_pg import connect_check
+
+    r = connect_check(cfg)
+    if not r["ok"]:
+        click.echo(f"database {r['where']}: FAILED: {r['problem']}", err=True)
+        return 1
+    line = f"database {r['where']}: PostgreSQL {r['server']}, schema version {r['schema']}"
+    if r["problem"]:
+        click.echo(f"{line}: {r['problem']}", err=True)
+        return 1
+    click.echo(f"{line} (current)")
+    return 0
 
 
 def _check_connections(cfg: config_mod.Config) -> int:
@@ -418,7 +436,7 @@ def _newest(rows: list, limit: int | None, as_json: bool, what: str) -> list:
     return rows[-n:]
 
 
-def _ticket_summary(t: dict, store: Store) -> dict:
+def _ticket_summary(t: dict, store: StoreAPI) -> dict:
     return {
         "id": t["id"], "status": t.get("status"), "category": t.get("category"), "priority": t.get("priority"),
         "customer_email": t.get("customer_email"), "subject": t.get("subject"), "created_at": t.get("created_at"),
@@ -731,7 +749,7 @@ def status(obj: Ctx, as_json: bool) -> None:
     Example: `mailflow status` or `mailflow status --json` for monitoring."""
     from mailflow import services
 
-    store = Store(obj.cfg.data_dir, create=False) if obj.cfg.data_dir.is_dir() else None
+    store = open_store(obj.cfg, create=False) if has_data(obj.cfg) else None
     if store is None:
         raise click.ClickException(f"no data directory at {obj.cfg.data_dir} (mailflow has not run yet)")
     out = services.status(obj.cfg, store)
@@ -739,7 +757,12 @@ def status(obj: Ctx, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(out, ensure_ascii=False, indent=2))
         return
-    click.echo(f"data: {out['data_dir']}")
+    if out["backend"] == "postgresql":
+        from mailflow.store_pg import _where
+
+        click.echo(f"data: {out['data_dir']} (database: {_where(obj.cfg.pg.dsn)})")
+    else:
+        click.echo(f"data: {out['data_dir']}")
     for m in out["mailboxes"]:
         click.echo(f"mailbox {m['name']}: last poll {m['last_poll'] or 'never'}, last uid {m['last_uid']}"
                    f"{', error: ' + m['last_error'] if m['last_error'] else ''}")
@@ -762,6 +785,7 @@ def status(obj: Ctx, as_json: bool) -> None:
 
 cli_report.register(main)
 cli_data.register(main)  # backup, restore, verify, tickets search, privacy
+cli_db.register(main)  # db upgrade, db migrate (PostgreSQL)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -43,8 +43,13 @@ def backup_cmd(ctx: click.Context, out: Path | None, keep: int | None) -> None:
     cfg = _obj(ctx).cfg
     dest = out or cfg.backup_path
     try:
-        r = backup(cfg.data_dir, dest, config_path=cfg.path, rules_dir=cfg.rules_dir,
-                   templates_dir=cfg.templates_dir, keep=keep)
+        if cfg.backend == "postgresql":  # the data directory's files + a consistent pg_dump
+            from mailflow import backup_pg
+
+            r = backup_pg.backup(cfg, dest, keep=keep)
+        else:
+            r = backup(cfg.data_dir, dest, config_path=cfg.path, rules_dir=cfg.rules_dir,
+                       templates_dir=cfg.templates_dir, keep=keep)
     except BackupError as e:
         raise click.ClickException(str(e)) from None
     c = r.counts
@@ -68,9 +73,17 @@ def restore_cmd(ctx: click.Context, backup_file: Path, data_dir: Path | None, fo
     from mailflow.backup import BackupError, restore
     from mailflow.verify import verify
 
-    target = data_dir or _obj(ctx).cfg.data_dir
+    cfg = _obj(ctx).cfg
+    target = data_dir or cfg.data_dir
     try:
-        r = restore(backup_file, target, force=force, echo=click.echo)
+        if cfg.backend == "postgresql":  # the files into data_dir, the dump into [storage] dsn
+            from mailflow import backup_pg
+
+            if data_dir is not None:
+                cfg.data_dir = data_dir
+            r = backup_pg.restore(backup_file, cfg, force=force, echo=click.echo)
+        else:
+            r = restore(backup_file, target, force=force, echo=click.echo)
     except BackupError as e:
         raise click.ClickException(str(e)) from None
     m = r.manifest
@@ -78,7 +91,10 @@ def restore_cmd(ctx: click.Context, backup_file: Path, data_dir: Path | None, fo
                f"{m.get('mailflow_version')}) into {r.data_dir}" + (" (replacing what was there)" if r.replaced else ""))
     if r.config_dir:
         click.echo(f"  its config, rules and templates: {r.config_dir} (compare them with the live ones)")
-    problems = verify(r.data_dir)
+    if cfg.backend == "postgresql":
+        problems = backup_pg.verify(cfg)
+    else:
+        problems = verify(r.data_dir)
     for p in problems:
         click.echo(str(p), err=True)
     if problems:
@@ -114,7 +130,14 @@ def verify_cmd(ctx: click.Context, repair: bool, backup_file: Path | None, data_
 
     cfg = _obj(ctx).cfg
     d = data_dir or cfg.data_dir
-    problems = verify(d, repair=repair, echo=click.echo, cfg=cfg)
+    if cfg.backend == "postgresql":  # rows that name files, the schema, the data directory's files
+        from mailflow import backup_pg
+
+        if data_dir is not None:
+            cfg.data_dir = data_dir
+        problems = backup_pg.verify(cfg, echo=click.echo)
+    else:
+        problems = verify(d, repair=repair, echo=click.echo, cfg=cfg)
     for p in problems:
         click.echo(str(p), err=True)
     if problems:
@@ -137,7 +160,7 @@ def verify_cmd(ctx: click.Context, repair: bool, backup_file: Path | None, data_
 def tickets_search(ctx: click.Context, customer, text, date_from, date_to, status, limit, as_json) -> None:
     """Hot and archived tickets alike, newest first."""
     from mailflow.search import Query, day_bounds, search
-    from mailflow.store import Store
+    from mailflow.storeapi import has_data, open_store
 
     cfg = _obj(ctx).cfg
     try:
@@ -145,9 +168,9 @@ def tickets_search(ctx: click.Context, customer, text, date_from, date_to, statu
                   created_to=day_bounds(date_to, cfg.tz, end=True), status=status, limit=limit)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
-    if not cfg.data_dir.is_dir():
+    if not has_data(cfg):
         raise click.ClickException(f"no data directory at {cfg.data_dir}")
-    rows, more = search(Store(cfg.data_dir, create=False), q)
+    rows, more = search(open_store(cfg, create=False), q)
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return

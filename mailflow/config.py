@@ -131,6 +131,29 @@ class ReportsConfig:
 
 
 @dataclass
+class PgConfig:
+    """`[storage] backend = "postgresql"`: where the database is (mailflow/store_pg.py)."""
+
+    dsn: str = ""
+    password: Secret = field(default_factory=Secret)
+    options: dict[str, str] = field(default_factory=dict)  # sslmode, sslrootcert, ...: passed to libpq
+    pool_size: int = 4
+
+    def conninfo(self) -> str:
+        """The libpq connection string with the password and TLS options (never logged)."""
+        from psycopg.conninfo import make_conninfo
+
+        extra = dict(self.options)
+        if any((self.password.value, self.password.env, self.password.file)):
+            extra["password"] = self.password.get()
+        return make_conninfo(self.dsn, **extra)
+
+
+PG_OPTIONS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl", "connect_timeout", "application_name",
+              "target_session_attrs", "options")
+
+
+@dataclass
 class Config:
     path: Path | None
     data_dir: Path
@@ -162,6 +185,8 @@ class Config:
     raw_mail_days: float = 0.0
     attachments_days: float = 0.0
     closed_tickets_years: float = 0.0
+    backend: str = "tinydb"  # [storage] backend: tinydb | postgresql
+    pg: PgConfig = field(default_factory=PgConfig)
 
     @property
     def backup_path(self) -> Path:
@@ -438,7 +463,8 @@ def from_dict(data: dict, fname: str, base: Path, path: Path | None = None) -> C
     outbound, logging_, routing = table("outbound"), table("logging"), table("routing")
     attachments = table("attachments")
     retention = table("retention")
-    r.unknown(storage, {"data_dir", "archive_after_days", "backup_dir"}, "storage.")
+    r.unknown(storage, {"data_dir", "archive_after_days", "backup_dir", "backend", "dsn", "password",
+                        "password_env", "password_file", "pool_size", *PG_OPTIONS}, "storage.")
     r.unknown(retention, {"raw_mail_days", "attachments_days", "closed_tickets_years"}, "retention.")
     r.unknown(rules, {"dir"}, "rules.")
     r.unknown(templates, {"dir", "default_locale"}, "templates.")
@@ -474,6 +500,7 @@ def from_dict(data: dict, fname: str, base: Path, path: Path | None = None) -> C
         permissions=_permissions(r, table("permissions")),
         archive_after_days=r.get(storage, "archive_after_days", float, 3.0, "storage."),
     )
+    _storage_backend(r, storage, cfg)
     backup_dir = r.get(storage, "backup_dir", str, None, "storage.")
     if backup_dir:
         cfg.backup_dir = resolve(backup_dir)
@@ -603,6 +630,30 @@ def from_dict(data: dict, fname: str, base: Path, path: Path | None = None) -> C
     return cfg
 
 
+def _storage_backend(r: _Reader, t: dict, cfg: Config) -> None:
+    """`[storage] backend`, and for postgresql its dsn, password, TLS options and pool size."""
+    cfg.backend = r.get(t, "backend", str, "tinydb", "storage.")
+    if cfg.backend not in ("tinydb", "postgresql"):
+        r.err("storage.backend", f'must be "tinydb" or "postgresql", not {cfg.backend!r}')
+        cfg.backend = "tinydb"
+    pg = PgConfig(dsn=r.get(t, "dsn", str, "", "storage."), password=r.secret(t, "storage."),
+                  pool_size=r.get(t, "pool_size", int, 4, "storage."))
+    for k in PG_OPTIONS:
+        v = r.get(t, k, (str, int), None, "storage.")
+        if v is not None:
+            pg.options[k] = str(v)
+    if cfg.backend == "postgresql":
+        if not pg.dsn:
+            r.err("storage.dsn", 'required with backend = "postgresql" (e.g. "postgresql://mailflow@db.example/mailflow")')
+        elif not pg.dsn.startswith(("postgresql://", "postgres://")) and "=" not in pg.dsn:
+            r.err("storage.dsn", f"not a PostgreSQL connection string: {pg.dsn!r}")
+        if not 1 <= pg.pool_size <= 100:
+            r.err("storage.pool_size", f"must be 1 to 100, not {pg.pool_size}")
+    elif pg.dsn:
+        r.err("storage.dsn", 'only with backend = "postgresql"')
+    cfg.pg = pg
+
+
 def _reports(r: _Reader, t: dict, cfg: Config) -> ReportsConfig:
     """`[reports]`; recipients are plain addresses, `team:NAME` (a team some staff member is in) or
     `role:ROLE` (every staff member with that role)."""
@@ -644,4 +695,6 @@ def apply_env(cfg: Config) -> Config:
         cfg.data_dir = Path(os.environ["MAILFLOW_DATA_DIR"]).resolve()
     if os.environ.get("MAILFLOW_LOG_LEVEL"):
         cfg.log_level = os.environ["MAILFLOW_LOG_LEVEL"]
+    if os.environ.get("MAILFLOW_DSN"):  # the tests' and the benchmarks' PostgreSQL
+        cfg.backend, cfg.pg.dsn = "postgresql", os.environ["MAILFLOW_DSN"]
     return cfg

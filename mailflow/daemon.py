@@ -44,7 +44,6 @@ from mailflow.mailboxes import PROCESS_ALLOWANCE, MailboxWorker
 from mailflow.outbox import FlushStats, Outbox
 from mailflow.privacy import MaskAddresses
 from mailflow.runtime import Box, LoadError, Runtime, load_all
-from mailflow.store import lock_process
 
 log = logging.getLogger("mailflow.daemon")
 
@@ -446,13 +445,8 @@ class Daemon:
             return
         try:
             self.store.refresh()
-            j = self.pipeline.outbox.journal
-            try:
-                jst = j.stat().st_mtime_ns
-            except OSError:
-                jst = None
-            key = (self.store.storage.stamp, jst)
-            if key == self._counts_key and self._counts is not None:
+            key = self.store.change_stamp()
+            if key is not None and key == self._counts_key and self._counts is not None:
                 return
             self._counts, self._counts_key = services.counts(self.store, self.pipeline.outbox), key
         finally:
@@ -507,9 +501,12 @@ class Daemon:
                "smtp": self.sender.smtp_state, "wedged": list(self._wedged),
                "last_reload": self.last_reload, "scheduler_passes": self.scheduler.passes}
         try:
-            write_atomic(self.store.dir / "daemon-status.json", json.dumps(doc, ensure_ascii=False).encode())
-        except OSError as e:
-            log.debug("cannot write daemon-status.json: %s", e)
+            if self.store.backend == "tinydb":
+                write_atomic(self.store.dir / "daemon-status.json", json.dumps(doc, ensure_ascii=False).encode())
+            else:  # several daemons share the database: one row each (`mailflow status` lists them)
+                self.store.write_daemon_status(doc)
+        except Exception as e:  # noqa: BLE001 - never fatal
+            log.debug("cannot write the daemon status: %s", e)
 
     # ---- reload ----------------------------------------------------------------------------------
 
@@ -661,7 +658,9 @@ class Daemon:
 
     def _lock_data_dir(self) -> bool:
         """One daemon per data directory: two would both send the outbox. Held until exit."""
-        self._lockfile = lock_process(self.store.dir)
+        from mailflow.services import process_lock
+
+        self._lockfile = process_lock(self.store)
         return self._lockfile is not None
 
     async def main(self) -> int:

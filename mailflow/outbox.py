@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import os
 import random
@@ -20,13 +19,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from mailflow.clock import SYSTEM, Clock
+from mailflow.clock import SYSTEM, Clock, iso, parse_iso
 from mailflow.config import Config, SmtpConfig
 from mailflow.model import Message
 from mailflow.privacy import mask_addresses
 from mailflow.render import CATEGORY_LABELS, PRIORITY_LABELS, STATUS_LABELS, Templates, build_mail
 from mailflow.spool import Segments
-from mailflow.store import Store, iso, parse_iso
+from mailflow.storeapi import StoreAPI
 
 log = logging.getLogger("mailflow.outbox")
 
@@ -100,7 +99,7 @@ def _secret_key(cfg: Config, data_dir: Path) -> bytes:
 
 
 class Outbox:
-    def __init__(self, cfg: Config, store: Store, templates: Templates, dry=lambda: False, clock: Clock = SYSTEM):
+    def __init__(self, cfg: Config, store: StoreAPI, templates: Templates, dry=lambda: False, clock: Clock = SYSTEM):
         self.cfg = cfg
         self.clock = clock
         self.dry = dry
@@ -108,7 +107,7 @@ class Outbox:
         self.templates = templates
         self.dir = store.dir / "outbox"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.journal = self.dir / "journal.log"
+        self.journal = store.outbox_journal()  # TinyDB: outbox/journal.log; PG: a table any daemon folds
         self.segments = Segments(self.dir, ".out")
         self._pending: list[bytes] | None = None  # mail of the batch being built, written at its end
         self._pending_name = ""
@@ -274,14 +273,14 @@ class Outbox:
             auto_submitted="auto-generated" if to is not None else "auto-replied",  # staff: generated
             extra_headers={"X-Mailflow-Ticket": tid, "X-Mailflow-Template": template}, date=now,
         )
-        ref = self._store_mail(data)
+        ref = "db" if self.store.mail_in_db else self._store_mail(data)
         row = {
             "ticket_id": tid, "template": template, "message_id": mid, "to": recipients,
             "sender": from_addr, "mailbox": ticket.get("mailbox"), "subject": rendered.subject,
             "status": "queued", "auto": auto, "attempts": 0, "created_at": iso(now),
             "next_attempt_at": iso(now), "last_error": None, "sent_at": None, "file": ref,
         }
-        key = self.store.add_outbox(row)
+        key = self.store.add_outbox(row, data if self.store.mail_in_db and not self.dry() else None)
         self.store.add_message({
             "ticket_id": tid, "message_id": mid, "hash": "", "direction": "out", "kind": template,
             "from": from_addr, "to": recipients, "cc": [], "subject": rendered.subject, "date": iso(now),
@@ -329,22 +328,19 @@ class Outbox:
     # ---- sending ----------------------------------------------------------------------------
 
     def _journal_state(self) -> dict[str, dict]:
-        out: dict[str, dict] = {}
-        if self.journal.exists():
-            with open(self.journal, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        e = json.loads(line)
-                    except ValueError:
-                        continue  # a torn last line from a crash: that mail is simply resent
-                    out[e["row"]] = e
-        return out
+        return self.journal.read()  # a torn last line from a crash is ignored: that mail is simply resent
 
     def _append_journal(self, entries: list[dict]) -> None:
-        with open(self.journal, "a", encoding="utf-8") as f:
-            f.writelines(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
-            f.flush()
-            os.fsync(f.fileno())
+        self.journal.append(entries)
+
+    def read_mail(self, k: str, row: dict) -> bytes:
+        """The bytes of a queued row (the database's, or its segment file's); OSError if gone."""
+        if self.store.mail_in_db and (row.get("file") or "db") == "db":
+            data = self.store.outbox_data(k)
+            if data is None:
+                raise OSError(f"outbox row {k} has no mail")
+            return data
+        return self.segments.read(row["file"])
 
     def fold_journal(self) -> None:
         """Apply journaled results to the database in one commit, then empty the journal."""
@@ -354,9 +350,8 @@ class Outbox:
         now = self.clock.now()
         ob = self.cfg.outbound
         with self.store.batch():
-            rows = self.store.outbox_rows()
             for k, e in state.items():
-                row = rows.get(k)
+                row = self.store.outbox_row(k)
                 if row is None or row["status"] != "queued":
                     continue
                 tid, attempts = row["ticket_id"], row["attempts"] + 1
@@ -383,9 +378,12 @@ class Outbox:
                     else:
                         self.store.update_outbox(k, {"attempts": attempts, "last_error": e["detail"],
                                                      "next_attempt_at": iso(now + timedelta(seconds=delay))})
+            if getattr(self.journal, "in_batch", False):
+                self.journal.clear(state)  # PG: the folded results go in the same commit
         # committed: the journal is spent (a crash before this line refolds harmlessly: rows that
         # are no longer queued are skipped)
-        self.journal.unlink(missing_ok=True)
+        if not getattr(self.journal, "in_batch", False):
+            self.journal.clear(state)
 
     def _record_failure(self, tid: str, rcpt: str, why: str) -> None:
         t = self.store.ticket(tid)
@@ -401,15 +399,14 @@ class Outbox:
         done = self._journal_state()
         with self.store.mutex:
             self.store.refresh()
-            return [(k, dict(r)) for k, r in self.store.outbox_rows().items()
-                    if r["status"] == "queued" and (r.get("next_attempt_at") or "") <= now_s and k not in done]
+            return [(k, r) for k, r in self.store.outbox_due(now_s) if k not in done]
 
     def pending_count(self) -> int:
         done = self._journal_state()
         with self.store.mutex:
             self.store.refresh()
-            return sum(1 for k, r in self.store.outbox_rows().items()
-                       if r["status"] == "queued" and k not in done)
+            return self.store.outbox_counts().get("queued", 0) - sum(
+                1 for k in done if (self.store.outbox_row(k) or {}).get("status") == "queued")
 
     async def flush(self, chunk: int = 50, now: datetime | None = None) -> FlushStats:
         """Try every due row once over one connection per SMTP server; journal each result."""
@@ -429,7 +426,7 @@ class Outbox:
                 mails = []
                 for k, row in rows:
                     try:
-                        data = self.segments.read(row["file"])
+                        data = self.read_mail(k, row)
                     except OSError as e:
                         self._append_journal([{"row": k, "status": "perm", "at": iso(self.clock.now()),
                                                "detail": f"outbox file missing: {e}"}])
@@ -465,7 +462,7 @@ class Outbox:
         with self.store.batch():
             archived = self.store.archive(days, now=now, cfg=self.cfg)
             dropped = self.store.prune(now=now)
-            still = {Segments.file_of(r.get("file") or "") for r in self.store.outbox_rows().values()}
+            still = self.store.outbox_files()
         for f in {Segments.file_of(ref) for ref in dropped} - still:
             (self.dir / f).unlink(missing_ok=True)
         from mailflow import retention  # [retention] limits (nothing unless configured)
@@ -478,7 +475,7 @@ class Outbox:
         recipient twice) unless `resend` says that is what the admin wants."""
         self.fold_journal()
         with self.store.batch():
-            row = self.store.outbox_rows().get(key)
+            row = self.store.outbox_row(key)
             if row is None:
                 return False
             delivered = row.get("status") == "sent"

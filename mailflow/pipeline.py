@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from mailflow import slaclock
-from mailflow.clock import SYSTEM, Clock
+from mailflow.clock import SYSTEM, Clock, iso
 from mailflow.config import Config
 from mailflow.decide import Decider, Evaluation
 from mailflow.intake import route
@@ -29,7 +29,7 @@ from mailflow.privacy import mask, mask_addresses
 from mailflow.render import Templates
 from mailflow.rules import RuleSet
 from mailflow.spool import Spool
-from mailflow.store import Store, iso
+from mailflow.storeapi import BatchAborted, StoreAPI
 from mailflow.timers import TimerResult, Timers
 
 log = logging.getLogger("mailflow.pipeline")
@@ -58,7 +58,7 @@ class Result:
 
 
 class Pipeline:
-    def __init__(self, cfg: Config, store: Store, rules: RuleSet, templates: Templates, clock: Clock = SYSTEM):
+    def __init__(self, cfg: Config, store: StoreAPI, rules: RuleSet, templates: Templates, clock: Clock = SYSTEM):
         self.cfg = cfg
         self.store = store
         self.rules = rules
@@ -142,6 +142,8 @@ class Pipeline:
         try:
             with self.store.savepoint():  # half a ticket never stays behind
                 return self.handle(msg, it, now)
+        except BatchAborted:  # a deadlock, a lost connection or lease: the whole batch is retried
+            raise
         except Exception as e:
             log.error("processing failed mailbox=%s uid=%s: %s", it.mailbox, it.uid, e)
             log.debug("%s", traceback.format_exc())
@@ -149,9 +151,9 @@ class Pipeline:
 
     def _quarantine(self, it: Incoming, reason: str, now: datetime, status: str = "held") -> Result:
         h = identity(it.raw)[1]
-        for q in self.store.quarantined():  # a replayed batch (crash, UIDVALIDITY resync, ingest) adds no twin
-            if (q.get("spool") == it.spool_rel or q.get("hash") == h) and q.get("status") in ("held", "spam"):
-                return Result("quarantined", None, f"quarantine id {q['qid']}: {reason}", it.uid, it.mailbox)
+        q = self.store.quarantine_twin(it.spool_rel, h)  # a replayed batch (crash, resync, ingest) adds no twin
+        if q is not None:
+            return Result("quarantined", None, f"quarantine id {q['qid']}: {reason}", it.uid, it.mailbox)
         if it.spool_rel is None:  # skipped as known, yet it must be kept: spool it now
             it.spool_rel = self.spool.write_many([it.raw])[0]
         qid = self.store.add_quarantine({
@@ -275,6 +277,8 @@ class Pipeline:
                             t = self.store.ticket(tid) or t
                             res = self.timers.decide(t, now)
                         self.store.update_ticket(tid, {"wake_at": iso(res.wake_at) if res.wake_at else None})
+                except BatchAborted:
+                    raise
                 except Exception as e:  # one ticket's broken rule or template never stops the others
                     log.error("timers failed ticket=%s: %s: %s", tid, type(e).__name__, e)
                     log.debug("%s", traceback.format_exc())

@@ -47,7 +47,8 @@ from mailflow.report_render import (
     render_text,
 )
 from mailflow.report_source import iter_summaries
-from mailflow.store import Store
+from mailflow.storeapi import StoreAPI, has_data
+from mailflow.storeapi import open_store as _open
 
 __all__ = [
     "DIMENSIONS", "Metrics", "Period", "PeriodError", "ReportMail", "build", "build_mail", "calendar_of",
@@ -67,14 +68,14 @@ def timezone_of(cfg: Config) -> str:
     return calendar_of(cfg).timezone
 
 
-def open_store(cfg: Config) -> Store | None:
+def open_store(cfg: Config) -> StoreAPI | None:
     """The store to read, without creating anything (None on a brand-new install: nothing to count)."""
-    if not cfg.data_dir.is_dir():
+    if not has_data(cfg):
         return None
-    return Store(cfg.data_dir, create=False)
+    return _open(cfg, create=False)
 
 
-def build(store: Store | None, cfg: Config, period: Period, now: datetime, *, team: str | None = None,
+def build(store: StoreAPI | None, cfg: Config, period: Period, now: datetime, *, team: str | None = None,
           by: str | None = None, rows: bool = False, locale: str | None = None,
           on_progress: Callable[[int], None] | None = None) -> Metrics:
     """The Metrics of `period` as of `now`, over hot and archived tickets.

@@ -197,11 +197,12 @@ def send_due(store, outbox, cfg: Config, now: datetime) -> list[tuple[ReportMail
                       rm.scope, type(e).__name__, e, RETRY_AFTER // 60)
     if not built:
         return []
-    refs = outbox.segments.write([data for _rm, data, _s, _m in built])  # durable before the rows
+    in_db = getattr(store, "mail_in_db", False)  # PG: the bytes go into the row, in the same commit
+    refs = ["db"] * len(built) if in_db else outbox.segments.write([data for _rm, data, _s, _m in built])
     from_addr, _name, mailbox = _sender(cfg)
     queued = []
     with store.batch():
-        for (rm, _data, subject, mid), ref in zip(built, refs, strict=True):
+        for (rm, data, subject, mid), ref in zip(built, refs, strict=True):
             sent = _sent(store, rm.ledger_key)
             todo = [a for a in rm.recipients if a not in sent]
             if not todo:  # another process queued it meanwhile
@@ -210,7 +211,7 @@ def send_due(store, outbox, cfg: Config, now: datetime) -> list[tuple[ReportMail
                    "mailbox": mailbox, "subject": subject, "status": "queued", "auto": False, "attempts": 0,
                    "created_at": iso(now), "next_attempt_at": iso(now), "last_error": None, "sent_at": None,
                    "file": ref, "report": rm.ledger_key}
-            key = store.add_outbox(row)
+            key = store.add_outbox(row, data if in_db else None)
             store.set_meta(rm.ledger_key, {"sent": sorted(sent | set(todo)), "at": iso(now)})
             queued.append((rm, key))
     for rm, key in queued:

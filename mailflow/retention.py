@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from mailflow.archive import iter_lines
@@ -42,6 +42,40 @@ def apply(store: Store, cfg, now: datetime) -> dict[str, int]:
     if any(out.values()):
         log.info("retention: %s", ", ".join(f"{v} {k}" for k, v in out.items() if v))
     return out
+
+
+def _blank_spool(store, blank: dict[str, list[tuple[int, int]]]) -> None:
+    """Zero the raw mail of forgotten messages in their spool segments (other mail stays)."""
+    for name, regions in blank.items():
+        p = store.dir / "spool" / name
+        try:
+            data = bytearray(p.read_bytes())
+        except OSError:
+            continue  # already gone (raw_mail_days)
+        for off, ln in regions:
+            data[off:off + ln] = bytes(len(data[off:off + ln]))
+        write_atomic(p, bytes(data))
+        os.chmod(p, 0o600)
+
+
+def _expire_closed_db(store, cut: str) -> int:
+    """The database store: the rows go in one batch; then the raw mail and attachments."""
+    with store.batch():
+        entries = store.forget_archived(cut)
+        if entries:
+            hist = list(store.get_meta("retention:log", []) or [])[-99:]
+            hist.append({"at": iso(datetime.now(UTC)), "closed_before": cut, "tickets": len(entries)})
+            store.set_meta("retention:log", hist)
+    blank: dict[str, list[tuple[int, int]]] = {}
+    for e in entries:
+        shutil.rmtree(store.dir / "attachments" / e["ticket"]["id"], ignore_errors=True)
+        for m in e["messages"]:
+            name, sep, rest = (m.get("spool") or "").partition(":")
+            if sep and m.get("direction") == "in":
+                off, _, ln = rest.partition(":")
+                blank.setdefault(name, []).append((int(off), int(ln)))
+    _blank_spool(store, blank)
+    return len(entries)
 
 
 def _day_dirs(root: Path):
@@ -93,6 +127,8 @@ def expire_attachments(store: Store, cutoff: datetime) -> int:
 
 def expire_closed(store: Store, cutoff: datetime, cfg=None) -> int:
     cut = iso(cutoff) or ""
+    if store.backend != "tinydb":
+        return _expire_closed_db(store, cut)
     idx = store.archive_index
     gone = 0
     with store.batch():

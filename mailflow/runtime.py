@@ -15,7 +15,7 @@ from mailflow.errors import ProblemsError
 from mailflow.pipeline import Pipeline
 from mailflow.render import Templates
 from mailflow.rules import RuleSet
-from mailflow.store import Store
+from mailflow.storeapi import StoreAPI, open_store
 
 
 class LoadError(ProblemsError):
@@ -43,7 +43,7 @@ def load_all(cfg: config_mod.Config) -> tuple[RuleSet, Templates]:
 @dataclass
 class Runtime:
     cfg: config_mod.Config
-    store: Store
+    store: StoreAPI
     rules: RuleSet
     templates: Templates
     pipeline: Pipeline
@@ -51,11 +51,11 @@ class Runtime:
     config_path: str | None = None
 
     @classmethod
-    def load(cls, cfg: config_mod.Config, clock: Clock = SYSTEM, store: Store | None = None,
+    def load(cls, cfg: config_mod.Config, clock: Clock = SYSTEM, store: StoreAPI | None = None,
              config_path: str | None = None) -> Runtime:
         """Everything for `cfg`; raises LoadError (rules, templates) with every problem listed."""
         rules, templates = load_all(cfg)
-        store = store or Store(cfg.data_dir)
+        store = store or open_store(cfg)
         return cls(cfg, store, rules, templates, Pipeline(cfg, store, rules, templates, clock), clock, config_path)
 
     def reloaded(self, cfg: config_mod.Config) -> Runtime:

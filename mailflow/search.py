@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from mailflow.archive import MONTH_GLOB, iter_lines
@@ -116,8 +115,14 @@ def _mentions(store: Store, table: str, needles: list[bytes]) -> list[dict]:
     return out
 
 
-def search(store: Store, q: Query) -> tuple[list[dict], bool]:
-    """(matching tickets newest first, at most q.limit; whether more matched)."""
+def search(store, q: Query) -> tuple[list[dict], bool]:
+    """(matching tickets newest first, at most q.limit; whether more matched): the store's own
+    query (TinyDB: `search_tinydb`; PostgreSQL: indexed SQL)."""
+    return store.search(q)
+
+
+def search_tinydb(store: Store, q: Query) -> tuple[list[dict], bool]:
+    """The TinyDB store's search: hot tables' bytes, then the archive index and month files."""
     out: dict[str, dict] = {}
     hot = set(store.hot_ticket_ids())
     if q.customer or q.words:  # only tickets whose JSON or messages hold the address or a word
@@ -191,6 +196,3 @@ def _scan_months(store: Store, q: Query, hot: set[str], only: set[str] | None = 
                 out.append(_row(t, True, len(e.get("messages") or [])))
     return out
 
-
-def hot_store(data_dir: Path) -> Store:
-    return Store(data_dir, create=False)

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mailflow.clock import iso
-from mailflow.store import OPEN_STATUSES, Store, lock_process
+from mailflow.storeapi import StoreAPI
+from mailflow.tickets import OPEN_STATUSES
 
 if TYPE_CHECKING:  # the pipeline (rules, templates) costs 0.2 s to import; `tickets show` needs none of it
     from mailflow.runtime import Runtime
@@ -52,9 +53,10 @@ def run_once(rt: Runtime, echo: Echo, err: Echo) -> PassReport:
 
     rep = PassReport()
     p = rt.pipeline
-    lock = lock_process(p.store.dir)
+    lock = process_lock(p.store)
     if lock is None:
-        err(f"a mailflow daemon is running on {p.store.dir}; it already does what --once would")
+        where = p.store.dir if p.store.backend == "tinydb" else "the database"
+        err(f"a mailflow daemon is running on {where}; it already does what --once would")
         rep.exit = EXIT_BUSY
         return rep
     try:
@@ -103,6 +105,18 @@ def run_once(rt: Runtime, echo: Echo, err: Echo) -> PassReport:
         return rep
     finally:
         lock.close()
+
+
+def process_lock(store: StoreAPI):
+    """One daemon (or `run --once`) at a time; None if another holds it. TinyDB: the data directory
+    (`lock_process`). PostgreSQL: the database (`PgStore.daemon_lock`, a session advisory lock the
+    server frees when the process dies), until mailbox leases and outbox claims let several
+    daemons share it."""
+    if store.backend != "tinydb":
+        return store.daemon_lock()
+    from mailflow.store import lock_process
+
+    return lock_process(store.dir)
 
 
 def timers_pass(rt: Runtime) -> int:
@@ -181,37 +195,33 @@ def ingest(rt: Runtime, paths: list[Path], on_result: Callable | None = None, ba
     return results
 
 
-def counts(store: Store, outbox=None) -> tuple[int, int, int]:
+def counts(store: StoreAPI, outbox=None) -> tuple[int, int, int]:
     """(open tickets, queued outbox rows, quarantine held): the daemon's status line and `status`."""
-    open_n = sum(1 for t in store.all_tickets() if t.get("status") in OPEN_STATUSES)
+    open_n = sum(v for k, v in store.ticket_counts().items() if k in OPEN_STATUSES)
     if outbox is not None:
         queued = outbox.pending_count()
     else:
-        queued = sum(1 for r in store.outbox_rows().values() if r["status"] == "queued")
+        queued = store.outbox_counts().get("queued", 0)
     held = sum(1 for q in store.quarantined() if q.get("status") == "held")
     return open_n, queued, held
 
 
-def status(cfg, store: Store) -> dict:
+def status(cfg, store: StoreAPI) -> dict:
     """Mailboxes and their last poll, tickets by status, outbox depth, quarantine size, last error."""
-    by_status: dict[str, int] = {}
-    for t in store.all_tickets():
-        by_status[t.get("status", "?")] = by_status.get(t.get("status", "?"), 0) + 1
-    rows = store.outbox_rows().values()
+    by_status = store.ticket_counts()
+    ob = store.outbox_counts()
     return {
         "data_dir": str(cfg.data_dir),
+        "backend": store.backend,
         "mailboxes": [{"name": mb.name, **{k: store.checkpoint(mb.name).get(k) for k in
                                            ("last_poll", "last_uid", "uidvalidity", "last_error")}}
                       for mb in cfg.mailboxes],
         "tickets": by_status,
         "open_tickets": sum(v for k, v in by_status.items() if k in OPEN_STATUSES),
-        "outbox": {"queued": sum(r["status"] == "queued" for r in rows),
-                   "failed": sum(r["status"] == "failed" for r in rows),
-                   "sent": sum(r["status"] == "sent" for r in rows)},
+        "outbox": {"queued": ob.get("queued", 0), "failed": ob.get("failed", 0), "sent": ob.get("sent", 0)},
         "quarantine": sum(q.get("status") == "held" for q in store.quarantined()),
-        "outbox_last_error": next((r["last_error"] for r in sorted(rows, key=lambda r: r.get("created_at") or "",
-                                                                   reverse=True) if r.get("last_error")), None),
-        "daemon": daemon_status(store.dir),
+        "outbox_last_error": store.outbox_last_error(),
+        "daemon": daemon_status(store.dir) if store.backend == "tinydb" else store.daemons(),
     }
 
 
@@ -238,7 +248,7 @@ def daemon_status(data_dir: Path) -> dict | None:
     return {**doc, "running": running}
 
 
-def find_ticket(store: Store, tid: str) -> tuple[dict | None, list[dict], bool]:
+def find_ticket(store: StoreAPI, tid: str) -> tuple[dict | None, list[dict], bool]:
     """(ticket, its messages, archived?) from the hot store or the archive."""
     tid = tid.strip().upper()
     t = store.ticket(tid)
@@ -265,7 +275,7 @@ def timeline(t: dict, messages: list[dict]) -> list[dict]:
     return sorted(out, key=lambda x: (x.get("at") or "", order[x["type"]]))
 
 
-def ticket_view(store: Store, tid: str, cfg=None, now=None) -> dict | None:
+def ticket_view(store: StoreAPI, tid: str, cfg=None, now=None) -> dict | None:
     """What `tickets show --json` prints: the ticket, its conversation, its timeline and (with `cfg`)
     every SLA clock as of `now`."""
     t, msgs, archived = find_ticket(store, tid)

@@ -56,11 +56,12 @@ except ImportError:  # pragma: no cover
 
 from mailflow.archive import ArchiveIndex, append_lines, entry_rows, month_of
 from mailflow.clock import iso, parse_iso, utcnow
+from mailflow.storeapi import BatchAborted, FileJournal, StoreError  # noqa: F401 - one class for both stores
 from mailflow.tickets import OPEN_STATUSES
 
 log = logging.getLogger("mailflow.store")
 
-__all__ = ["OPEN_STATUSES", "Store", "StoreError", "iso", "lock_process", "parse_iso", "utcnow", "write_atomic"]
+__all__ = ["OPEN_STATUSES", "BatchAborted", "Store", "StoreError", "iso", "lock_process", "parse_iso", "utcnow", "write_atomic"]
 
 
 def fsync_dir(path: Path) -> None:
@@ -73,7 +74,7 @@ def fsync_dir(path: Path) -> None:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Temp file + fsync + rename + fsync(dir): a crash leaves the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{os.urandom(4).hex()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -82,8 +83,6 @@ def write_atomic(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-class StoreError(Exception):
-    pass
 
 
 def lock_process(data_dir: Path):
@@ -594,6 +593,8 @@ class Store:
     """The hot database with in-memory indexes. Use `with store.batch():` around every change."""
 
     TABLES = ("tickets", "messages", "outbox", "meta", "quarantine", "seen")
+    backend = "tinydb"
+    mail_in_db = False  # outgoing mail is in outbox/ segment files
 
     def __init__(self, data_dir: Path, create: bool = True):
         """`create=False` is for readers (`status`) that must not leave directories behind."""
@@ -818,6 +819,41 @@ class Store:
         if not self._in_batch:
             raise StoreError("store change outside a batch")
 
+    def fence(self, name: str, holder: str | None = None, token: int | None = None) -> None:
+        """The data-directory lock (`lock_process`) is this backend's fence: nothing to check."""
+        self._require_batch()
+
+    def change_stamp(self) -> Any:
+        return (self.storage.stamp, self.outbox_journal().stamp())
+
+    def counts(self) -> dict[str, int]:
+        return {"tickets_hot": len(self._table("tickets")), "messages_hot": len(self._table("messages")),
+                "outbox_rows": len(self._table("outbox")), "quarantine": len(self._table("quarantine")),
+                "tickets_archived": self.archived_count(),
+                "message_ids_archived": self.archive_index.message_count()}
+
+    def fetch_all(self, table: str) -> Iterator[tuple[str, dict]]:
+        """Hot documents of a table by key; for "tickets" then every archived ticket's newest copy
+        (key = its id) with `_archived_messages`."""
+        yield from list(self._table(table).items())
+        if table == "tickets":
+            for tid in self.archive_index.ticket_ids():
+                if tid in self._tid:
+                    continue
+                e = self.archived_ticket(tid)
+                if e is not None:
+                    yield tid, {**e["ticket"], "_archived_messages": e.get("messages") or []}
+
+    def search(self, q: Any) -> tuple[list[dict], bool]:
+        from mailflow.search import search_tinydb
+
+        return search_tinydb(self, q)
+
+    def close(self) -> None:
+        if self._archive_index is not None:
+            self._archive_index.close()
+            self._archive_index = None
+
     # ---- meta ---------------------------------------------------------------------------------
 
     def get_meta(self, key: str, default: Any = None) -> Any:
@@ -1040,7 +1076,9 @@ class Store:
 
     # ---- outbox rows --------------------------------------------------------------------------
 
-    def add_outbox(self, row: dict) -> str:
+    def add_outbox(self, row: dict, data: bytes | None = None) -> str:
+        if data is not None:
+            raise StoreError("the TinyDB store keeps outgoing mail in outbox/ segment files")
         k = str(self._insert("outbox", row))
         row["row"] = k
         return k
@@ -1050,6 +1088,33 @@ class Store:
 
     def update_outbox(self, k: str, fields: dict) -> None:
         self._changing("outbox", k).update(fields)
+
+    def outbox_row(self, k: str) -> dict | None:
+        return self._table("outbox").get(str(k))
+
+    def outbox_due(self, now_iso: str) -> list[tuple[str, dict]]:
+        return [(k, dict(r)) for k, r in sorted(self._table("outbox").items(), key=lambda kv: int(kv[0]))
+                if r["status"] == "queued" and (r.get("next_attempt_at") or "") <= now_iso]
+
+    def outbox_counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self._table("outbox").values():
+            out[r["status"]] = out.get(r["status"], 0) + 1
+        return out
+
+    def outbox_last_error(self) -> str | None:
+        rows = self._table("outbox").values()
+        return next((r["last_error"] for r in sorted(rows, key=lambda r: r.get("created_at") or "", reverse=True)
+                     if r.get("last_error")), None)
+
+    def outbox_data(self, k: str) -> bytes | None:
+        return None
+
+    def outbox_files(self) -> set[str]:
+        return {(r.get("file") or "").partition(":")[0] for r in self._table("outbox").values()}
+
+    def outbox_journal(self) -> FileJournal:
+        return FileJournal(self.dir / "outbox" / "journal.log")
 
     def remove_outbox(self, keys: list[str]) -> None:
         self._require_batch()
@@ -1071,6 +1136,12 @@ class Store:
     def update_quarantine(self, qid: str, fields: dict) -> None:
         self._changing("quarantine", str(qid)).update(fields)
 
+    def quarantine_twin(self, spool: str | None, content_hash: str) -> dict | None:
+        for q in self.quarantined():
+            if (q.get("spool") == spool or q.get("hash") == content_hash) and q.get("status") in ("held", "spam"):
+                return q
+        return None
+
     # ---- customers ----------------------------------------------------------------------------
 
     def customer_stats(self, email: str, now: datetime) -> dict[str, int]:
@@ -1088,6 +1159,12 @@ class Store:
                 out["complaints_30d"] += 1
             if t.get("close_reason") == "spam":
                 out["spam_count"] += 1
+        return out
+
+    def ticket_counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in self._table("tickets").values():
+            out[t.get("status", "?")] = out.get(t.get("status", "?"), 0) + 1
         return out
 
     def open_counts(self) -> dict[str, int]:

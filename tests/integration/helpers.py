@@ -14,6 +14,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 _users = itertools.count(1)
+# set by the `backend` fixture (tests/conftest.py) for a postgresql run: write_config points
+# [storage] at this fresh database
+PG_DSN: str | None = None
+
+
+def storage_lines() -> str:
+    """The [storage] keys that pick the backend under test (nothing for TinyDB)."""
+    return f'backend = "postgresql"\ndsn = "{PG_DSN}"\n' if PG_DSN else ""
 
 
 def new_user(dovecot, prefix: str = "u") -> str:
@@ -25,7 +33,7 @@ def new_user(dovecot, prefix: str = "u") -> str:
 
 def write_config(tmp: Path, dovecot=None, users: list[str] = (), smtp=None, extra: str = "",
                  staff: str = "", batch_size: int = 100) -> Path:
-    parts = [f'[storage]\ndata_dir = "{tmp / "data"}"\n', '[company]\nname = "Test Co."\n',
+    parts = [f'[storage]\ndata_dir = "{tmp / "data"}"\n{storage_lines()}', '[company]\nname = "Test Co."\n',
              '[outbound]\nbackoff_initial = 0.01\nbackoff_max = 0.05\n']
     for u in users:
         parts.append(f'''[[mailbox]]

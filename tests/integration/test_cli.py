@@ -14,7 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from tests.integration.helpers import REPO, mailflow, make_mail, new_user, write_config
+import pytest
+
+from tests.integration.helpers import REPO, mailflow, make_mail, new_user, storage_lines, write_config
 
 
 def _env(**kw) -> dict:
@@ -24,6 +26,7 @@ def _env(**kw) -> dict:
     return {**e, **kw}
 
 
+@pytest.mark.usefixtures("backend")
 def test_run_once_exits_3_when_a_mailbox_cannot_be_reached(tmp_path, dovecot_server, smtp_sink):
     good = new_user(dovecot_server)
     cfg = write_config(tmp_path, dovecot_server, [good], smtp_sink)
@@ -38,6 +41,7 @@ def test_run_once_exits_3_when_a_mailbox_cannot_be_reached(tmp_path, dovecot_ser
     assert json.loads(mailflow(cfg, "tickets", "list", "--json").stdout)
 
 
+@pytest.mark.usefixtures("backend")
 def test_check_connect_logs_in_and_reports_each_server(tmp_path, dovecot_server, smtp_sink):
     user = new_user(dovecot_server)
     cfg = write_config(tmp_path, dovecot_server, [user], smtp_sink)
@@ -51,9 +55,10 @@ def test_check_connect_logs_in_and_reports_each_server(tmp_path, dovecot_server,
     assert f"mailbox {user}: FAILED" in r.stderr and "secret" not in r.stderr + r.stdout and "wrong" not in r.stderr
 
 
+@pytest.mark.usefixtures("backend")
 def test_times_in_the_configured_zone_and_global_options_anywhere(tmp_path):
     cfg = tmp_path / "mailflow.toml"
-    cfg.write_text(f'[storage]\ndata_dir = "{tmp_path / "d"}"\n[tickets]\ntimezone = "America/New_York"\n',
+    cfg.write_text(f'[storage]\ndata_dir = "{tmp_path / "d"}"\n{storage_lines()}[tickets]\ntimezone = "America/New_York"\n',
                    encoding="utf-8")
     mail = tmp_path / "one.eml"
     mail.write_bytes(make_mail(1, zh=False))

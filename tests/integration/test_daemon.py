@@ -29,7 +29,7 @@ from mailflow import config as config_mod
 from mailflow import resources
 from mailflow.daemon import Daemon, _Stepped, wedged
 from mailflow.mailboxes import MailboxWorker
-from tests.integration.helpers import REPO, mailflow, make_mail, parsed, ticket, tickets
+from tests.integration.helpers import REPO, mailflow, make_mail, parsed, storage_lines, ticket, tickets
 
 PASSWORD = "pw-Zq8x-never-logged"
 _n = itertools.count(1)
@@ -204,7 +204,7 @@ def mailbox_toml(name: str, port: int, *, user: str | None = None, password: str
 
 def config(tmp: Path, mailboxes: list[str], smtp_port: int | None = None, *, smtp_timeout: float = 5,
            extra: str = "") -> Path:
-    parts = [f'[storage]\ndata_dir = "{tmp / "data"}"\n', '[company]\nname = "Test Co."\n',
+    parts = [f'[storage]\ndata_dir = "{tmp / "data"}"\n{storage_lines()}', '[company]\nname = "Test Co."\n',
              '[outbound]\nbackoff_initial = 0.01\nbackoff_max = 0.05\n', *mailboxes]
     if smtp_port is not None:
         parts.append(f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_port}\ntls = "none"\ntimeout = {smtp_timeout}\n')
@@ -236,6 +236,7 @@ def wait_until(cond, timeout: float = 30.0, what: str = "condition", step: float
 
 # ---- tests ---------------------------------------------------------------------------------------------
 
+@pytest.mark.usefixtures("backend")
 def test_ready_watchdog_status_and_clean_stop(tmp_path, dovecot_server, smtp_sink, notify):
     a, b = user(dovecot_server), user(dovecot_server)
     cred = tmp_path / "cred"
@@ -442,6 +443,7 @@ def test_rule_file_change_reloads_without_a_signal(tmp_path, dovecot_server, not
     assert "zzmark" in t["tags"]
 
 
+@pytest.mark.usefixtures("backend")
 def test_sigterm_finishes_the_batch_and_loses_nothing(tmp_path, dovecot_server, smtp_sink, notify):
     a = user(dovecot_server)
     n = 40

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from mailflow import resources
 from tests.integration.helpers import (
     REPO,
@@ -24,6 +26,7 @@ from tests.integration.helpers import (
 )
 
 SAMPLES = sorted(resources.samples().glob("*.eml"))
+pytestmark = pytest.mark.usefixtures("backend")  # every test on TinyDB and on PostgreSQL
 
 
 def test_samples_become_tickets_and_customers_get_acks(tmp_path, dovecot_server, smtp_sink):
@@ -226,6 +229,7 @@ def test_kill_9_during_backlog_loses_and_duplicates_nothing(tmp_path, dovecot_se
     assert kills >= 1
 
 
+@pytest.mark.tinydb_only("the config `mailflow init` writes (TinyDB, the default)")
 def test_ingest_quarantine_and_replay(tmp_path):
     data = tmp_path / "mf"
     mailflow(None, "init", str(data))
@@ -247,6 +251,7 @@ def test_ingest_quarantine_and_replay(tmp_path):
     assert len(tickets(cfg)) == 1
 
 
+@pytest.mark.tinydb_only("config validation: no store is opened")
 def test_check_reports_file_key_reason(tmp_path):
     cfg = tmp_path / "bad.toml"
     cfg.write_text('[tickets]\nprefix = "C W"\ntimezone = "Mars/Base"\n[[mailbox]]\nname = "x"\n'
@@ -261,6 +266,7 @@ def test_check_reports_file_key_reason(tmp_path):
     assert f"{cfg}: mailbox[0].after:" in err
 
 
+@pytest.mark.tinydb_only("demo runs on a throwaway TinyDB directory by design")
 def test_demo_runs_on_embedded_defaults(tmp_path):
     r = subprocess.run([sys.executable, "-m", "mailflow", "demo"], capture_output=True, text=True, cwd=tmp_path,
                        env={k: v for k, v in os.environ.items() if not k.startswith("MAILFLOW_")}

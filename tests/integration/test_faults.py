@@ -15,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.integration.helpers import mailflow, make_mail, tickets
 from tests.integration.test_daemon import (
     PASSWORD,
@@ -27,6 +29,8 @@ from tests.integration.test_daemon import (
     wait_until,
 )
 from tests.support.dovecot import Dovecot
+
+pytestmark = pytest.mark.usefixtures("backend")  # every test on TinyDB and on PostgreSQL
 
 
 class Silent:

@@ -10,7 +10,11 @@ from datetime import UTC, datetime, timedelta
 from email.header import Header
 from email.utils import format_datetime
 
+import pytest
+
 from tests.integration.helpers import mailflow, new_user, tickets, write_config
+
+pytestmark = pytest.mark.usefixtures("backend")  # every test on TinyDB and on PostgreSQL
 
 
 def _mail(i: int, sender: str, subject: str, body: str, date: str) -> bytes:

@@ -21,6 +21,8 @@ from mailflow import resources
 from tests.integration.helpers import mailflow, make_mail, tickets
 from tests.integration.test_daemon import Notify, acks, config, daemon, mailbox_toml, user
 
+pytestmark = pytest.mark.usefixtures("backend")  # every test on TinyDB and on PostgreSQL
+
 STOP_WITHIN = 30.0
 
 

@@ -7,7 +7,11 @@ import json
 import mailbox
 import time
 
-from mailflow.store import Store, iso, utcnow
+import pytest
+
+from mailflow import config
+from mailflow.store import iso, utcnow
+from mailflow.storeapi import open_store
 from tests.integration.helpers import mailflow, make_mail, new_user, ticket, tickets, write_config
 
 
@@ -34,13 +38,14 @@ def tickets_env(env):
     return json.loads(mailflow(None, "tickets", "list", "--json", env=env).stdout)
 
 
+@pytest.mark.usefixtures("backend")
 def test_uidvalidity_change_resyncs_without_duplicates(tmp_path, dovecot_server):
     user = new_user(dovecot_server)
     cfg = write_config(tmp_path, dovecot_server, [user])
     dovecot_server.append_many(user, [make_mail(i) for i in range(60)])
     mailflow(cfg, "run", "--once")
     assert len(tickets(cfg)) == 60
-    store = Store(tmp_path / "data")
+    store = open_store(config.load(str(cfg)))
     with store.batch():  # as if the server had renumbered the folder
         store.set_checkpoint(user, uidvalidity=1, last_uid=999)
     dovecot_server.append(user, make_mail(99))
@@ -72,6 +77,7 @@ def test_attachment_cap(tmp_path):
     assert atts["big.bin"]["path"] is None and "cap" in atts["big.bin"]["skipped"]
 
 
+@pytest.mark.usefixtures("backend")
 def test_permanent_failure_is_recorded_on_the_ticket(tmp_path, dovecot_server, smtp_sink):
     user = new_user(dovecot_server)
     cfg = write_config(tmp_path, dovecot_server, [user], smtp_sink)
@@ -90,6 +96,7 @@ def test_permanent_failure_is_recorded_on_the_ticket(tmp_path, dovecot_server, s
     assert "1 sent" in out and "0 queued" in out
 
 
+@pytest.mark.usefixtures("backend")
 def test_dmarc_fail_at_trusted_server_gets_no_ack(tmp_path, dovecot_server, smtp_sink):
     user = new_user(dovecot_server)
     cfg = write_config(tmp_path, dovecot_server, [user], smtp_sink)
@@ -116,13 +123,14 @@ def test_broken_template_keeps_daemon_from_starting(tmp_path):
     assert r.returncode != 0 and "ack.txt.j2:1" in r.stderr
 
 
+@pytest.mark.usefixtures("backend")
 def test_spam_reply_does_not_reopen_and_gets_nothing(tmp_path, dovecot_server, smtp_sink):
     user = new_user(dovecot_server)
     cfg = write_config(tmp_path, dovecot_server, [user], smtp_sink)
     dovecot_server.append(user, make_mail(1, sender="eve@customer.example", zh=False))
     mailflow(cfg, "run", "--once")
     [t] = tickets(cfg)
-    store = Store(tmp_path / "data")
+    store = open_store(config.load(str(cfg)))
     with store.batch():
         store.update_ticket(t["id"], {"status": "closed", "closed_at": iso(utcnow())})
     n = len(smtp_sink.messages)

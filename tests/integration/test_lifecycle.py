@@ -3,7 +3,11 @@ the lifecycle issue listed, asserting both the ticket and the mail that went out
 
 from __future__ import annotations
 
+import pytest
+
 from tests.integration.lifecycle_kit import Scenario, body
+
+pytestmark = pytest.mark.usefixtures("backend")  # every test on TinyDB and on PostgreSQL
 
 CUST = "wang@customer.example"
 ALICE, BOB, MIA = "alice@support.example", "bob@support.example", "mia@support.example"

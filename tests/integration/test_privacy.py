@@ -14,9 +14,14 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
+from mailflow import config as config_mod
 from mailflow.privacy import file_mentions
 from mailflow.spool import Spool
 from mailflow.store import Store
+from mailflow.storeapi import open_store
+from tests.integration import helpers
 from tests.integration.helpers import mailflow
 from tests.integration.lifecycle_kit import Scenario
 
@@ -46,9 +51,40 @@ def _with_attachments(sc: Scenario, sender: str, subject: str, text: str) -> Non
     sc.dv.append(sc.user, raw)
 
 
+def _open(data: Path):
+    """The store under test (helpers.PG_DSN: the backend fixture's database)."""
+    if helpers.PG_DSN is None:
+        return Store(data, create=False)
+    cfg = config_mod.defaults(data.parent)
+    cfg.data_dir, cfg.backend, cfg.pg.dsn = data, "postgresql", helpers.PG_DSN
+    return open_store(cfg, create=False)
+
+
+def _db_traces(needles: list[bytes]) -> list[str]:
+    """PostgreSQL: the tables whose documents (or outgoing mail bytes, report summaries, keys) still
+    hold a needle."""
+    if helpers.PG_DSN is None:
+        return []
+    import psycopg
+
+    out = []
+    with psycopg.connect(helpers.PG_DSN) as c:
+        for n in needles:
+            pat = "%" + n.decode().lower() + "%"
+            for table, col in (("tickets", "doc::text"), ("tickets", "summary::text"), ("messages", "doc::text"),
+                               ("outbox", "doc::text"), ("quarantine", "doc::text"), ("meta", "key || value::text"),
+                               ("seen", "key"), ("checkpoints", "doc::text"), ("outbox_results", "doc::text")):
+                if c.execute(f"SELECT count(*) FROM {table} WHERE lower({col}) LIKE %s", (pat,)).fetchone()[0]:
+                    out.append(f"{table}.{col}")
+            if c.execute("SELECT count(*) FROM outbox WHERE position(%s in lower(encode(data, 'escape'))) > 0",
+                         (n.decode().lower(),)).fetchone()[0]:
+                out.append("outbox.data")
+    return sorted(set(out))
+
+
 def _totals(data: Path) -> dict:
     """What reports count: tickets by status, category, priority, close reason; ratings; customers."""
-    s = Store(data, create=False)
+    s = _open(data)
     rows = [*s.all_tickets(), *s.iter_archived_summaries()]
     return {"n": len(rows), "status": Counter(t.get("status") for t in rows),
             "category": Counter(t.get("category") for t in rows), "priority": Counter(t.get("priority") for t in rows),
@@ -57,9 +93,11 @@ def _totals(data: Path) -> dict:
 
 
 def _traces(data: Path, needles: list[bytes]) -> list[str]:
-    return sorted(str(p.relative_to(data)) for p in data.rglob("*") if p.is_file() and file_mentions(p, needles))
+    return sorted(str(p.relative_to(data)) for p in data.rglob("*") if p.is_file() and file_mentions(p, needles)) \
+        + _db_traces(needles)
 
 
+@pytest.mark.usefixtures("backend")
 def test_export_then_erase_leaves_no_trace(tmp_path, dovecot_server, smtp_sink):
     sc = Scenario(tmp_path, dovecot_server, smtp_sink)
     data = tmp_path / "data"
@@ -70,7 +108,7 @@ def test_export_then_erase_leaves_no_trace(tmp_path, dovecot_server, smtp_sink):
     sc.staff(note, "[CLOSE]", "已为您处理退款。")
     sc.run("2026-11-23T11:00+08:00")
     sc.run("2026-11-27T12:00+08:00")
-    first = Store(data, create=False)
+    first = _open(data)
     assert first.archived_count() == 1
     # a second, hot ticket with attachments naming the address (compressed), another customer's
     # mail Cc'ing the target, and an out-of-office of the target (no ticket: raw mail only)
@@ -82,7 +120,7 @@ def test_export_then_erase_leaves_no_trace(tmp_path, dovecot_server, smtp_sink):
     needles = [TARGET.encode(), WORDS.encode()]
     before = _totals(data)
     assert _traces(data, needles), "the scenario must leave traces to erase"
-    other = next(t for t in Store(data, create=False).all_tickets() if t["customer_email"] == OTHER)
+    other = next(t for t in _open(data).all_tickets() if t["customer_email"] == OTHER)
 
     # export: one zip with data.json and the raw mail
     out = tmp_path / "export.zip"
@@ -107,7 +145,7 @@ def test_export_then_erase_leaves_no_trace(tmp_path, dovecot_server, smtp_sink):
     assert mailflow(sc.cfg, "verify").returncode == 0
     # the erase is recorded without the address; the tickets live on under the pseudonym
     pseud = r.stdout.split(" as ")[1].split(":")[0]
-    s = Store(data, create=False)
+    s = _open(data)
     assert all(TARGET not in json.dumps(e) for e in s.get_meta("privacy:erasures"))
     hits = json.loads(mailflow(sc.cfg, "tickets", "search", "--customer", pseud, "--json").stdout)
     own = [h for h in hits if h["customer_email"] == pseud]

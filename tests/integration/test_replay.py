@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from tests.integration.lifecycle_kit import Scenario, body
+
+pytestmark = pytest.mark.usefixtures("backend")  # every test on TinyDB and on PostgreSQL
 
 CUST = "zhao@customer.example"
 ALICE = "alice@support.example"

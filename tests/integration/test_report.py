@@ -20,7 +20,8 @@ import pytest
 from mailflow import config, report
 from mailflow.clock import Clock
 from mailflow.runtime import Runtime
-from tests.integration.helpers import REPO, mailflow, parsed
+from mailflow.storeapi import open_store
+from tests.integration.helpers import REPO, mailflow, parsed, storage_lines
 from tests.integration.lifecycle_kit import Scenario
 
 ALICE, BOB, MIA = "alice@support.example", "bob@support.example", "mia@support.example"
@@ -92,6 +93,7 @@ def _report(sc: Scenario, now: str, *args: str) -> dict:
     return json.loads(mailflow(sc.cfg, "--now", now, "report", "--format", "json", *args).stdout)
 
 
+@pytest.mark.usefixtures("backend")
 def test_two_months_of_tickets_give_exactly_the_expected_figures(tmp_path, dovecot_server, smtp_sink):
     sc = _scenario(tmp_path, dovecot_server, smtp_sink)
     c1, c2, c3, c4, c5, c6 = (f"c{i}@customer.example" for i in range(1, 7))
@@ -228,15 +230,14 @@ def test_the_cli_on_an_empty_install_and_its_one_line_errors(tmp_path):
         assert r.stdout == ""
 
 
+@pytest.mark.usefixtures("backend")
 def test_formats_and_out_files(tmp_path):
     from tests.unit.test_report_metrics import contract_tickets
 
     data = tmp_path / "data"
     cfg = tmp_path / "mailflow.toml"
-    cfg.write_text(f'[storage]\ndata_dir = "{data}"\n[reports]\nlocale = "en"\n', encoding="utf-8")
-    from mailflow.store import Store
-
-    st = Store(data)
+    cfg.write_text(f'[storage]\ndata_dir = "{data}"\n{storage_lines()}[reports]\nlocale = "en"\n', encoding="utf-8")
+    st = open_store(config.load(cfg))
     with st.batch():
         for k in contract_tickets():
             st.add_ticket(k.t)
@@ -268,20 +269,20 @@ def test_send_time_is_the_first_working_day_from_send_at(month, expected):
     assert report.send_time(cfg, report.month_period(y, m, "Asia/Shanghai")).isoformat() == expected
 
 
+@pytest.mark.usefixtures("backend")
 def test_due_mails_ledger_weekly_and_recipients(tmp_path):
     from mailflow.outbox import Outbox
     from mailflow.render import Templates
-    from mailflow.store import Store
 
     staff = ''.join(f'[[staff]]\nemail = "{e}"\nname = "{n}"\nteams = {t}\nrole = "{r}"\n' for e, n, t, r in (
         (ALICE, "Alice", '["tech"]', "lead"), (BOB, "Bob", '["tech"]', "agent"), (MIA, "Mia", "[]", "manager")))
     p = tmp_path / "c.toml"
-    p.write_text(f'[storage]\ndata_dir = "{tmp_path / "data"}"\n{staff}'
+    p.write_text(f'[storage]\ndata_dir = "{tmp_path / "data"}"\n{storage_lines()}{staff}'
                  '[reports]\nmonthly_to = ["role:manager", "boss@example.com"]\nweekly_to = ["team:tech"]\n',
                  encoding="utf-8")
     cfg = config.load(p)
     assert report.recipients_by_scope(cfg, cfg.reports.monthly_to) == {"all": [MIA, "boss@example.com"]}
-    st = Store(cfg.data_dir)
+    st = open_store(cfg)
     box = Outbox(cfg, st, Templates.load(cfg.templates_dir))
     mon = datetime(2026, 11, 30, 9, 0, tzinfo=SH)  # Monday: last week's report is due, and October's
     due = report.due_mails(cfg, st, mon)           # (the latest month, never sent: a catch-up)

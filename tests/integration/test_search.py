@@ -7,8 +7,14 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from mailflow.store import Store, iso
-from tests.integration.helpers import mailflow
+import pytest
+
+from mailflow import config as config_mod
+from mailflow.store import iso
+from mailflow.storeapi import open_store
+from tests.integration.helpers import mailflow, storage_lines
+
+pytestmark = pytest.mark.usefixtures("backend")  # every test on TinyDB and on PostgreSQL
 
 NOW = datetime(2026, 11, 23, 4, 0, tzinfo=UTC)
 
@@ -27,8 +33,8 @@ def _m(tid, mid, frm, text, direction="in", to=("support@support.example",)):
 def _data(tmp_path):
     data = tmp_path / "data"
     cfg = tmp_path / "mailflow.toml"
-    cfg.write_text(f'[storage]\ndata_dir = "{data}"\n[tickets]\ntimezone = "Asia/Shanghai"\n')
-    s = Store(data)
+    cfg.write_text(f'[storage]\ndata_dir = "{data}"\n{storage_lines()}[tickets]\ntimezone = "Asia/Shanghai"\n')
+    s = open_store(config_mod.load(str(cfg)))
     with s.batch():
         s.add_ticket(_t("CW202607010001", "wang@customer.example", 145, subject="发票抬头开错了"))
         s.add_message(_m("CW202607010001", "a1@x", "wang@customer.example", "发票抬头写错了，请重开增值税发票"))

@@ -15,8 +15,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.integration.helpers import REPO, parsed
 from tests.integration.lifecycle_kit import Scenario, body
+
+pytestmark = pytest.mark.usefixtures("backend")  # every test on TinyDB and on PostgreSQL
 
 CUST = "li.na@customer.example"
 ALICE, MIA, CHIEF = "alice@support.example", "mia@support.example", "chief@support.example"

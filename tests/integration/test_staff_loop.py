@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tests.integration.helpers import mailflow, make_mail, new_user, parsed, ticket, tickets, write_config
+
+pytestmark = pytest.mark.usefixtures("backend")  # every test on TinyDB and on PostgreSQL
 
 STAFF = '''
 [[staff]]

@@ -121,3 +121,32 @@ teams = [3]
     for key in ("outbound.backoff_initial", "outbound.trusted_authserv_ids[0]", "routing.escalation_chain[0]",
                 "mailbox[0].address", "mailbox[0].poll_interval", "mailbox[0].timeout", "staff[0].teams"):
         assert f"{p}: {key}:" in text, key
+
+
+def test_storage_backend_postgresql(tmp_path):
+    (tmp_path / "pw").write_text("s3cret\n")
+    p = tmp_path / "c.toml"
+    p.write_text('[storage]\nbackend = "postgresql"\ndsn = "postgresql://mf@db.example/mailflow"\n'
+                 f'password_file = "{tmp_path / "pw"}"\nsslmode = "verify-full"\nconnect_timeout = 5\npool_size = 8\n')
+    c = config.load(p)
+    assert c.backend == "postgresql" and c.pg.pool_size == 8
+    from psycopg.conninfo import conninfo_to_dict
+
+    d = conninfo_to_dict(c.pg.conninfo())
+    assert d["password"] == "s3cret" and d["sslmode"] == "verify-full" and d["connect_timeout"] == "5"
+    assert d["host"] == "db.example" and d["dbname"] == "mailflow"
+
+
+@pytest.mark.parametrize("text,err", [
+    ('backend = "mysql"\n', "storage.backend"),
+    ('backend = "postgresql"\n', "storage.dsn: required"),
+    ('dsn = "postgresql://x@y/z"\n', "storage.dsn: only with"),
+    ('backend = "postgresql"\ndsn = "db.example"\n', "not a PostgreSQL connection string"),
+    ('backend = "postgresql"\ndsn = "postgresql://x@y/z"\npool_size = 0\n', "storage.pool_size"),
+])
+def test_storage_backend_errors(tmp_path, text, err):
+    p = tmp_path / "c.toml"
+    p.write_text("[storage]\n" + text)
+    with pytest.raises(config.ConfigError) as e:
+        config.load(p)
+    assert any(err in x for x in e.value.problems), e.value.problems

@@ -1,0 +1,285 @@
+"""Backup, restore and verify for `[storage] backend = "postgresql"`.
+
+A backup is the same `mailflow-backup-<time>.tar.gz` as for TinyDB (mailflow/backup.py): `data/`
+holds the data directory's files (spool and outbox segments, attachments, quarantine, the HMAC
+key), `db/mailflow.pgdump` a `pg_dump -Fc` of the database, `config/` the config, rules and
+templates, and `MANIFEST.json` says `"backend": "postgresql"` with the counts. Consistency: one
+REPEATABLE READ transaction exports its snapshot; `pg_dump --snapshot` dumps exactly that state
+and the counts are read in it, so dump and counts agree while daemons keep committing. The data
+directory's files are immutable or append-only, and they are listed after the snapshot is taken:
+every file a dumped row names was written before its row committed, so the backup holds it (a
+file written later may come along unneeded: harmless).
+
+Restore checks every checksum first (a damaged backup writes nothing), unpacks the files into the
+data directory as for TinyDB, then `pg_restore --clean --if-exists --no-owner` into the configured
+dsn. Stop every daemon first (`mailflow status` lists them).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mailflow import backup as bk
+
+DUMP = "db/mailflow.pgdump"
+
+
+def pg_bin(name: str) -> str:
+    """`pg_dump`/`pg_restore` of the newest PostgreSQL installed (Debian keeps them per version in
+    /usr/lib/postgresql/N/bin; pg_dump must be at least the server's version), else from PATH."""
+    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"),
+                  key=lambda p: int(p.split("/")[-2]) if p.split("/")[-2].isdigit() else 0, reverse=True)
+    for d in dirs:
+        if os.access(os.path.join(d, name), os.X_OK):
+            return os.path.join(d, name)
+    found = shutil.which(name)
+    if not found:
+        raise bk.BackupError(f"{name} not found: install the PostgreSQL client (apt-get install postgresql-client)")
+    return found
+
+
+def _libpq(cfg: Any) -> tuple[str, dict[str, str]]:
+    """(conninfo without the password, environment with PGPASSWORD): a password never appears in
+    a process's command line."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    d = conninfo_to_dict(cfg.pg.conninfo())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    pw = d.pop("password", None)
+    if pw:
+        env["PGPASSWORD"] = str(pw)
+    return make_conninfo(**{k: str(v) for k, v in d.items()}), env
+
+
+COUNTS_SQL = ("SELECT (SELECT count(*) FROM tickets WHERE NOT archived), (SELECT count(*) FROM tickets WHERE archived),"
+              " (SELECT count(*) FROM messages WHERE NOT archived), (SELECT count(*) FROM outbox),"
+              " (SELECT count(*) FROM quarantine), (SELECT count(*) FROM messages WHERE archived)")
+COUNT_KEYS = ("tickets_hot", "tickets_archived", "messages_hot", "outbox_rows", "quarantine", "message_ids_archived")
+
+
+def backup(cfg: Any, out_dir: Path, *, keep: int | None = None,
+           now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> bk.BackupResult:
+    import psycopg
+
+    from mailflow import pg_schema
+
+    data_dir, out_dir = Path(cfg.data_dir).resolve(), Path(out_dir).resolve()
+    if bk.inside(out_dir, data_dir):
+        raise bk.BackupError(f"{out_dir}: the backup folder must not lie inside the data directory {data_dir}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    conninfo, env = _libpq(cfg)
+    for attempt in range(3):
+        stamp = now()
+        final = out_dir / bk.backup_name(stamp)
+        n = 1
+        while final.exists():
+            final = out_dir / bk.backup_name(stamp).replace("Z.tar.gz", f"Z-{n}.tar.gz")
+            n += 1
+        partial = out_dir / f".{final.name}.partial"
+        with tempfile.TemporaryDirectory(prefix=".mailflow-backup-", dir=out_dir) as tmpd:
+            dump = Path(tmpd) / "mailflow.pgdump"
+            try:
+                with psycopg.connect(cfg.pg.conninfo(), autocommit=True) as c:
+                    pg_schema.check(c)
+                    c.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    snap = c.execute("SELECT pg_export_snapshot()").fetchone()[0]
+                    counts = dict(zip(COUNT_KEYS, c.execute(COUNTS_SQL).fetchone(), strict=True))
+                    version = pg_schema.current(c)
+                    held = time.monotonic()
+                    r = subprocess.run([pg_bin("pg_dump"), "-Fc", "--no-owner", f"--snapshot={snap}", "-f", str(dump),
+                                        "--dbname", conninfo], env=env, capture_output=True, text=True)
+                    if r.returncode != 0:
+                        raise bk.BackupError(f"pg_dump failed: {r.stderr.strip().splitlines()[-1:] or r.returncode}")
+                    # files listed after the snapshot: every file a dumped row names is listed
+                    files = _list_files(data_dir)
+                    locked = time.monotonic() - held
+                    c.execute("COMMIT")
+            except psycopg.Error as e:
+                raise bk.BackupError(f"database: {str(e).strip().splitlines()[0]}") from None
+            members = [bk._Planned(DUMP, path=dump, size=dump.stat().st_size, ino=dump.stat().st_ino), *files,
+                       *bk._config_members(cfg.path, cfg.rules_dir, cfg.templates_dir)]
+            base = {"format": bk.FORMAT, "mailflow_version": bk._version(), "schema_version": bk.SCHEMA_VERSION,
+                    "backend": "postgresql", "pg_schema_version": version,
+                    "created_at": stamp.astimezone(UTC).isoformat(timespec="seconds"),
+                    "data_dir": str(data_dir), "counts": counts}
+            try:
+                nfiles, total = bk._write_tar(partial, members, base, bk.GZIP_LEVEL)
+            except bk._Changed:
+                partial.unlink(missing_ok=True)
+                if attempt == 2:
+                    raise bk.BackupError("files kept changing while they were copied (erase or retention "
+                                         "running?); try again") from None
+                continue
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
+        os.replace(partial, final)
+        bk.fsync_dir(out_dir)
+        removed = []
+        if keep is not None and keep > 0:
+            for old in bk.list_backups(out_dir)[:-keep]:
+                if old != final:
+                    old.unlink(missing_ok=True)
+                    removed.append(old)
+        return bk.BackupResult(final, final.stat().st_size, nfiles, total, time.monotonic() - t0, locked, counts,
+                               removed)
+    raise bk.BackupError("unreachable")  # pragma: no cover
+
+
+def _list_files(data_dir: Path) -> list[bk._Planned]:
+    out = []
+    for root, dirs, names in os.walk(data_dir):
+        dirs.sort()
+        for name in sorted(names):
+            p = Path(root) / name
+            rel = p.relative_to(data_dir).as_posix()
+            if not bk._listable(rel) or rel.startswith("restored-config/") or rel == "daemon-status.json":
+                continue
+            try:
+                s = p.stat()
+            except FileNotFoundError:
+                continue
+            out.append(bk._Planned(f"data/{rel}", path=p, size=s.st_size, ino=s.st_ino))
+    return out
+
+
+def verify_backup(path: Path, checked: bk.Checked) -> bk.Checked:
+    """A PostgreSQL backup: checksums (done by the caller), and the dump is one pg_restore reads."""
+    with tempfile.TemporaryDirectory(prefix=".mailflow-verify-") as tmpd:
+        dump = Path(tmpd) / "mailflow.pgdump"
+        _checked, kept = bk.check(path, keep=lambda n: n == DUMP)
+        if DUMP not in kept:
+            checked.problems.append(f"{path}: {DUMP}: missing: not a complete PostgreSQL backup")
+            return checked
+        dump.write_bytes(kept[DUMP])
+        r = subprocess.run([pg_bin("pg_restore"), "--list", str(dump)], capture_output=True, text=True)
+        if r.returncode != 0:
+            checked.problems.append(f"{path}: {DUMP}: pg_restore cannot read it ({r.stderr.strip()[:200]})")
+        elif "TABLE DATA public tickets" not in r.stdout:
+            checked.problems.append(f"{path}: {DUMP}: holds no tickets table: not a mailflow database dump")
+    return checked
+
+
+def restore(path: Path, cfg: Any, force: bool = False, echo: Callable[[str], None] = lambda s: None
+            ) -> bk.RestoreResult:
+    """Files into [storage] data_dir (as for TinyDB), then the dump into the configured dsn."""
+    import psycopg
+
+    path, data_dir = Path(path), Path(cfg.data_dir).resolve()
+    if not path.is_file():
+        raise bk.BackupError(f"{path}: no such file")
+    if data_dir.exists() and not bk._is_empty(data_dir) and not force:
+        raise bk.BackupError(f"{data_dir}: not empty; restore into an empty directory, or give --force to "
+                             "replace what is there")
+    conninfo, env = _libpq(cfg)
+    try:
+        with psycopg.connect(cfg.pg.conninfo(), autocommit=True) as c:
+            has = c.execute("SELECT to_regclass('tickets') IS NOT NULL").fetchone()[0]
+            if has and c.execute("SELECT count(*) FROM tickets").fetchone()[0] and not force:
+                raise bk.BackupError("the database already holds tickets; give --force to replace them")
+            running = c.execute("SELECT count(*) FROM daemons WHERE seen_at > now() - interval '2 minutes'"
+                                ).fetchone()[0] if has else 0
+            if running:
+                raise bk.BackupError(f"{running} mailflow daemon(s) wrote to the database in the last two minutes; "
+                                     "stop them first (`mailflow status` lists them)")
+    except psycopg.Error as e:
+        raise bk.BackupError(f"database: {str(e).strip().splitlines()[0]}") from None
+    echo(f"checking {path} ...")
+    checked, _ = bk.check(path)
+    if checked.problems or checked.manifest is None:
+        raise bk.BackupError("; ".join(checked.problems) + " — nothing was written")
+    manifest = checked.manifest
+    if manifest.get("backend") != "postgresql":
+        raise bk.BackupError(f"{path}: a TinyDB backup; restore it with [storage] backend = \"tinydb\" (then "
+                             "`mailflow db migrate --from tinydb --to postgresql`)")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".restore-", dir=data_dir))
+    try:
+        n = bk._extract(path, stage, checked.members)
+        dump = stage / DUMP
+        echo("restoring the database ...")
+        r = subprocess.run([pg_bin("pg_restore"), "--clean", "--if-exists", "--no-owner", "--exit-on-error",
+                            "--single-transaction", "--dbname", conninfo, str(dump)], env=env, capture_output=True,
+                           text=True)
+        if r.returncode != 0:
+            raise bk.BackupError(f"pg_restore failed (the database is as it was): {r.stderr.strip()[-400:]}")
+        replaced = False
+        old = data_dir / f".replaced-{os.getpid()}"
+        if not bk._is_empty_but(data_dir, {stage.name}):
+            replaced = True
+            old.mkdir()
+            for name in bk._LAYOUT:
+                if (data_dir / name).exists():
+                    os.replace(data_dir / name, old / name)
+        if (stage / "data").exists():
+            for child in (stage / "data").iterdir():
+                os.replace(child, data_dir / child.name)
+        if (stage / "config").exists():
+            os.replace(stage / "config", data_dir / "restored-config")
+        bk.fsync_dir(data_dir)
+        if old.exists():
+            shutil.rmtree(old)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    cfg_dir = data_dir / "restored-config"
+    return bk.RestoreResult(data_dir, n, cfg_dir if cfg_dir.exists() else None, manifest, replaced)
+
+
+def verify(cfg: Any, echo: Callable[[str], None] = lambda s: None) -> list:
+    """`mailflow verify` on PostgreSQL: the schema version, every row that names a file (message
+    spool refs, attachments, quarantine, outbox segments) names one that is there, queued mail
+    has its bytes, no orphan attachments."""
+    import psycopg
+
+    from mailflow import pg_schema
+    from mailflow.verify import Problem, Verifier
+
+    v = Verifier(Path(cfg.data_dir), echo, cfg)
+    try:
+        with psycopg.connect(cfg.pg.conninfo(), autocommit=True) as c:
+            ver, why = pg_schema.state(c)
+            if why:
+                return [Problem("database", why, "run `mailflow db upgrade`")]
+            meta = dict(c.execute("SELECT key, value FROM meta WHERE key IN ('retention:raw_mail_before', "
+                                  "'retention:attachments_before')").fetchall())
+            v.raw_before = meta.get("retention:raw_mail_before") or ""
+            v.att_before = meta.get("retention:attachments_before") or ""
+            orphans = c.execute("SELECT count(*) FROM messages m WHERE ticket_id IS NOT NULL AND NOT EXISTS "
+                                "(SELECT 1 FROM tickets t WHERE t.id = m.ticket_id)").fetchone()[0]
+            if orphans:
+                v.add("database", f"{orphans} messages belong to no ticket", "restore the database from a backup")
+            with c.cursor(name="verify_messages") as cur, c.transaction():
+                cur.execute("SELECT doc FROM messages")
+                for (m,) in cur:
+                    v.message(m, "the database")
+            for k, q in c.execute("SELECT k, doc FROM quarantine WHERE spool IS NOT NULL AND status <> 'erased'"):
+                why = v._spool_ref(q["spool"])
+                if why:
+                    v.add(f"spool/{q['spool'].partition(':')[0]}", f"{why} (quarantine item {k} refers to it)",
+                          "restore the file from a backup; else `mailflow quarantine replay` cannot work")
+            for k, st, f, has in c.execute("SELECT k, status, doc->>'file', data IS NOT NULL FROM outbox"):
+                if f in (None, "db", "dry-run"):
+                    if st == "queued" and not has:
+                        v.add("database", f"queued outbox row {k} has no mail", "give up on the row "
+                              "(`mailflow outbox list` shows it)")
+                    continue
+                why = v.outbox.check(f)
+                if why and st == "queued":
+                    v.add(f"outbox/{f.partition(':')[0]}", f"{why} (queued outbox row {k} refers to it)",
+                          "restore the file from a backup")
+    except psycopg.Error as e:
+        return [Problem("database", f"cannot be read ({str(e).strip().splitlines()[0]})",
+                        "check [storage] dsn and that the server runs")]
+    v.files()
+    echo(f"database schema version {ver}")
+    return v.problems

@@ -1,0 +1,171 @@
+"""The PostgreSQL schema as an ordered list of migrations, and `mailflow db upgrade`.
+
+`MIGRATIONS[i]` takes the schema from version i to i+1; `schema_version` records each applied
+step. `upgrade()` runs the missing steps, each in its own transaction, under an advisory lock
+(two admins, or two hosts' package scripts, running it at once are serialised; the second finds
+nothing to do), so it is idempotent and safe to run twice. `check()` is what every command does
+before it touches the database: a schema older or newer than this mailflow knows is refused with
+one line naming `mailflow db upgrade`.
+
+Tables (migration 1). Documents are the TinyDB store's dicts as JSONB (`doc`); the columns beside
+them are what is queried, each behind an index, so a commit costs what it changes and every CLI
+query is an index lookup:
+
+- tickets: id, status, customer_email, created_at, closed_at, wake_at (the scheduler's index),
+  scheduled (false: never looked at by the scheduler), archived + summary (see below);
+- messages: message_id (threading, idempotency), ticket_id (a ticket's conversation), hash,
+  direction, mailbox (UIDVALIDITY resync), archived (its ticket's flag, so hot queries skip history);
+- outbox: status + next_attempt_at (the sender's due query), ticket_id, the mail's bytes (`data`),
+  and claimed_by / claim_until for part 2's `FOR UPDATE SKIP LOCKED` claims; outbox_results is the
+  sender's journal (one row per result, folded into outbox by any daemon);
+- seen, meta, quarantine; serials: one counter row per (prefix, day), bumped with RETURNING in
+  the batch that creates the ticket; checkpoints: one row per mailbox (with the lease holder and
+  token that fenced its last update); leases and daemons: for part 2 (mailbox leases with expiry
+  and fencing tokens, who runs where).
+
+Times are ISO 8601 UTC strings as everywhere in mailflow, compared as strings: their columns (and
+ticket ids) are `COLLATE "C"`, so ranges and orders are byte orders whatever the database's locale.
+
+Archived tickets stay in `tickets` with `archived = true` and their report summary in `summary`:
+archiving and unarchiving are one UPDATE each (no copy of the messages), a Message-ID is found
+through one index whether its ticket is hot or archived, hot queries use partial indexes
+(`WHERE NOT archived`) so the history does not slow them, and reports stream `summary` in
+creation order through (archived, created_at, id).
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+LOCK_KEY = 0x6D61696C666C6F77  # "mailflow": the advisory lock `upgrade` holds
+
+MIGRATIONS: list[str] = [
+    # 1: everything the store needs, and room for cluster operation (part 2)
+    """
+    CREATE TABLE tickets (
+        id text COLLATE "C" PRIMARY KEY,
+        status text NOT NULL,
+        customer_email text NOT NULL DEFAULT '',
+        created_at text COLLATE "C" NOT NULL DEFAULT '',
+        closed_at text COLLATE "C",
+        wake_at text COLLATE "C",
+        scheduled boolean NOT NULL DEFAULT true,
+        archived boolean NOT NULL DEFAULT false,
+        doc jsonb NOT NULL,
+        summary jsonb
+    );
+    CREATE INDEX tickets_hot_status ON tickets (status) WHERE NOT archived;
+    CREATE INDEX tickets_customer ON tickets (customer_email);
+    CREATE INDEX tickets_wake ON tickets (wake_at, id) WHERE wake_at IS NOT NULL AND NOT archived;
+    CREATE INDEX tickets_unscheduled ON tickets (id) WHERE NOT scheduled AND NOT archived;
+    CREATE INDEX tickets_created ON tickets (archived, created_at, id);
+    CREATE INDEX tickets_closed ON tickets (closed_at) WHERE status = 'closed';
+
+    CREATE TABLE messages (
+        k bigserial PRIMARY KEY,
+        ticket_id text,
+        message_id text NOT NULL,
+        hash text NOT NULL DEFAULT '',
+        direction text NOT NULL,
+        mailbox text,
+        archived boolean NOT NULL DEFAULT false,
+        doc jsonb NOT NULL
+    );
+    CREATE INDEX messages_mid ON messages (message_id);
+    CREATE INDEX messages_ticket ON messages (ticket_id, k);
+    CREATE INDEX messages_mailbox ON messages (mailbox, k) WHERE NOT archived;
+
+    CREATE TABLE seen (key text PRIMARY KEY, outcome text, at text COLLATE "C" NOT NULL DEFAULT '');
+    CREATE INDEX seen_at ON seen (at);
+    CREATE TABLE meta (key text PRIMARY KEY, value jsonb);
+    CREATE TABLE serials (prefix text NOT NULL, day text NOT NULL, n integer NOT NULL,
+                          PRIMARY KEY (prefix, day));
+    CREATE TABLE checkpoints (mailbox text PRIMARY KEY, doc jsonb NOT NULL DEFAULT '{}',
+                              lease_holder text, lease_token bigint);
+    CREATE TABLE leases (name text PRIMARY KEY, holder text NOT NULL, token bigint NOT NULL DEFAULT 0,
+                         acquired_at timestamptz NOT NULL DEFAULT now(), expires_at timestamptz NOT NULL,
+                         info jsonb);
+    CREATE TABLE daemons (id text PRIMARY KEY, host text, pid integer, started_at timestamptz,
+                          seen_at timestamptz NOT NULL DEFAULT now(), doc jsonb);
+
+    CREATE TABLE outbox (
+        k bigserial PRIMARY KEY,
+        status text NOT NULL,
+        ticket_id text,
+        next_attempt_at text COLLATE "C",
+        sent_at text COLLATE "C",
+        created_at text COLLATE "C",
+        claimed_by text,
+        claim_until timestamptz,
+        doc jsonb NOT NULL,
+        data bytea
+    );
+    CREATE INDEX outbox_due ON outbox (next_attempt_at, k) WHERE status = 'queued';
+    CREATE INDEX outbox_status ON outbox (status, k);
+    CREATE INDEX outbox_ticket ON outbox (ticket_id);
+    CREATE TABLE outbox_results (k bigserial PRIMARY KEY, row_k bigint NOT NULL, doc jsonb NOT NULL);
+
+    CREATE TABLE quarantine (k bigserial PRIMARY KEY, status text, hash text, spool text, doc jsonb NOT NULL);
+    CREATE INDEX quarantine_status ON quarantine (status);
+    CREATE INDEX quarantine_hash ON quarantine (hash);
+    CREATE INDEX quarantine_spool ON quarantine (spool);
+    """,
+]
+
+VERSION = len(MIGRATIONS)  # the schema this mailflow knows
+
+
+def current(conn: psycopg.Connection) -> int:
+    """The applied schema version (0: an empty database)."""
+    if conn.execute("SELECT to_regclass('schema_version')").fetchone()[0] is None:
+        return 0
+    return conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+
+
+def upgrade(conninfo: str, echo=lambda s: None) -> tuple[int, int]:
+    """Create or migrate the schema to VERSION; (version before, after). Raises SchemaError for
+    a database newer than this mailflow."""
+    from mailflow.storeapi import SchemaError
+
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, "
+                         "applied_at timestamptz NOT NULL DEFAULT now(), mailflow text)")
+            before = v = current(conn)
+            if v > VERSION:
+                raise SchemaError(f"the database has schema version {v}, newer than this mailflow knows "
+                                  f"({VERSION}): upgrade mailflow")
+            from mailflow import __version__
+
+            while v < VERSION:
+                with conn.transaction():
+                    conn.execute(MIGRATIONS[v])
+                    conn.execute("INSERT INTO schema_version (version, mailflow) VALUES (%s, %s)",
+                                 (v + 1, __version__))
+                v += 1
+                echo(f"applied migration {v}")
+            return before, v
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+
+
+def state(conn: psycopg.Connection) -> tuple[int, str | None]:
+    """(applied version, None if usable, else the one-line reason it is not)."""
+    v = current(conn)
+    if v == VERSION:
+        return v, None
+    if v == 0:
+        return v, "the database has no mailflow schema yet: run `mailflow db upgrade`"
+    if v < VERSION:
+        return v, f"the database schema is version {v}, this mailflow needs {VERSION}: run `mailflow db upgrade`"
+    return v, (f"the database schema is version {v}, newer than this mailflow knows ({VERSION}): upgrade "
+               "mailflow (`mailflow db upgrade` cannot go back)")
+
+
+def check(conn: psycopg.Connection) -> None:
+    from mailflow.storeapi import SchemaError
+
+    _v, why = state(conn)
+    if why:
+        raise SchemaError(why)

@@ -1,0 +1,844 @@
+"""The PostgreSQL store: the StoreAPI (mailflow/storeapi.py) over psycopg 3 and a connection pool.
+
+Several daemons may share one database (no data-directory lock). One `batch()` is one transaction
+on one pooled connection; a nested batch joins it; `savepoint()` is a SAVEPOINT. Inside a batch a
+ticket read is `SELECT ... FOR UPDATE`, and the document it returns is the batch's live copy
+(`update_ticket` merges into it and writes it through), so two daemons never lose each other's
+update: the second waits for the first's commit. A deadlock, a serialization failure or a lost
+connection raises BatchAborted: the transaction is rolled back whole and the caller's retry path
+runs the batch again, reading everything afresh.
+
+Outgoing mail bytes live in the database (`outbox.data`, bytea, committed with the row): any daemon
+can send any row without shared storage. Raw incoming mail, attachments and quarantine bytes stay
+in `data_dir` (the spool), which the daemons sharing a database must share too.
+
+Schema: mailflow/pg_schema.py (tables, indexes, migrations, why archived tickets are a flag).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import errors as pgerr
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from mailflow import pg_schema
+from mailflow.clock import iso, utcnow
+from mailflow.storeapi import BatchAborted, SchemaError, StoreError
+from mailflow.tickets import OPEN_STATUSES
+
+log = logging.getLogger("mailflow.store_pg")
+
+# a whole batch must be retried: the server chose it as a deadlock victim, a serializable
+# transaction conflicted, the connection (or the server) went away
+_RETRY = (pgerr.DeadlockDetected, pgerr.SerializationFailure, pgerr.LockNotAvailable, psycopg.OperationalError)
+
+
+DAEMON_LOCK = 0x6D61696C666C6F78  # the advisory lock `daemon_lock` holds (pg_schema.LOCK_KEY + 1)
+
+
+class _DaemonLock:
+    def __init__(self, conn: psycopg.Connection):
+        self.conn = conn
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+
+def _j(v: Any) -> Jsonb:
+    return Jsonb(v, dumps=lambda o: json.dumps(o, ensure_ascii=False, separators=(",", ":")))
+
+
+def daemon_id() -> str:
+    """host:pid:random: names this process's rows (daemons) and files (spool segments)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+
+
+def _ticket_cols(t: dict) -> tuple:
+    return (t.get("status") or "", (t.get("customer_email") or ""), t.get("created_at") or "",
+            t.get("closed_at"), t.get("wake_at") or None)
+
+
+class PgJournal:
+    """The sender's results as rows of `outbox_results` (each `append` commits on its own, so a
+    result survives a crash before the fold); the fold deletes them in its own batch."""
+
+    in_batch = True  # outbox.fold_journal: clear() inside the fold's batch
+
+    def __init__(self, store: PgStore):
+        self.s = store
+
+    def append(self, entries: list[dict]) -> None:
+        if not entries:
+            return
+        with self.s.pool.connection() as c, c.cursor() as cur:
+            cur.executemany("INSERT INTO outbox_results (row_k, doc) VALUES (%s, %s)",
+                            [(int(e["row"]), _j(e)) for e in entries])
+
+    def read(self) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        for k, doc in self.s._q("SELECT k, doc FROM outbox_results ORDER BY k"):
+            out[doc["row"]] = {**doc, "_k": k}
+        return out
+
+    def clear(self, rows: Any = None) -> None:
+        if not rows:
+            return
+        last = max(e.get("_k", 0) for e in rows.values())
+        self.s._x("DELETE FROM outbox_results WHERE row_k = ANY(%s) AND k <= %s",
+                  ([int(r) for r in rows], last))
+
+    def stamp(self) -> Any:
+        return self.s._q1("SELECT max(k) FROM outbox_results")
+
+
+class PgStore:
+    """The StoreAPI on PostgreSQL (see the module docstring)."""
+
+    backend = "postgresql"
+    mail_in_db = True
+
+    def __init__(self, cfg: Any, create: bool = True, check_schema: bool = True):
+        self.cfg = cfg
+        self.dir = Path(cfg.data_dir)
+        if create:
+            for sub in ("spool", "quarantine", "attachments", "outbox"):
+                (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        self.mutex = threading.RLock()
+        self.daemon = daemon_id()
+        self._conninfo = cfg.pg.conninfo()
+        self.pool = ConnectionPool(self._conninfo, min_size=1, max_size=max(1, cfg.pg.pool_size),
+                                   kwargs={"autocommit": True}, open=False, name="mailflow")
+        try:
+            self.pool.open(wait=True, timeout=float(cfg.pg.options.get("connect_timeout") or 15))
+        except Exception as e:
+            self.pool.close()
+            raise StoreError(f"cannot connect to the database ({_where(cfg.pg.dsn)}): {_why(e)}") from None
+        self._conn: psycopg.Connection | None = None  # the batch's connection
+        self._owner: int | None = None  # the thread running the batch
+        self._depth = 0
+        self._live: dict[str, dict] = {}  # tickets read in this batch (locked), by id
+        self._dirty: dict[str, bool] = {}  # live tickets changed since written (-> wake_at was set)
+        self._sp = 0
+        if check_schema:
+            with self.pool.connection() as c:
+                pg_schema.check(c)
+
+    # ---- connections ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _cursor(self) -> Iterator[psycopg.Cursor]:
+        """The batch's cursor in the batch's thread, else one from the pool (autocommit reads)."""
+        if self._conn is not None and self._owner == threading.get_ident():
+            with self._conn.cursor() as cur:
+                yield cur
+            return
+        with self.pool.connection() as c, c.cursor() as cur:
+            yield cur
+
+    def _x(self, sql: str, args: Any = None) -> psycopg.Cursor:
+        """Execute in the batch (a change: outside one it is an error)."""
+        self._require_batch()
+        if self._dirty and "tickets" in sql:
+            self._flush()
+        cur = self._conn.cursor()
+        try:
+            return cur.execute(sql, args)
+        except _RETRY as e:
+            raise BatchAborted(f"database: {_why(e)}") from e
+
+    def _q(self, sql: str, args: Any = None) -> list[tuple]:
+        if self._dirty and "tickets" in sql and self._in_my_batch():
+            self._flush()  # a query of the tickets sees every change of the batch so far
+        try:
+            with self._cursor() as cur:
+                return cur.execute(sql, args).fetchall()
+        except _RETRY as e:
+            if self._in_my_batch():
+                raise BatchAborted(f"database: {_why(e)}") from e
+            raise StoreError(f"database: {_why(e)}") from e
+
+    def _q1(self, sql: str, args: Any = None) -> Any:
+        rows = self._q(sql, args)
+        return rows[0][0] if rows else None
+
+    def _in_my_batch(self) -> bool:
+        return self._conn is not None and self._owner == threading.get_ident()
+
+    def _require_batch(self) -> None:
+        if not self._in_my_batch():
+            raise StoreError("store change outside a batch")
+
+    # ---- transactions ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[PgStore]:
+        with self.mutex:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self
+                finally:
+                    self._depth -= 1
+                return
+            try:
+                conn = self.pool.getconn()
+            except Exception as e:
+                raise BatchAborted(f"cannot get a database connection: {_why(e)}") from e
+            ok = False
+            try:
+                conn.execute("BEGIN")
+                self._conn, self._owner, self._depth, self._live = conn, threading.get_ident(), 1, {}
+                self._dirty = {}
+                try:
+                    yield self
+                    self._flush()
+                    ok = True
+                finally:
+                    self._depth, self._live, self._dirty = 0, {}, {}
+                    self._conn = self._owner = None
+                    if ok:
+                        try:
+                            conn.execute("COMMIT")
+                        except _RETRY as e:
+                            ok = False
+                            raise BatchAborted(f"commit failed: {_why(e)}") from e
+                        except Exception:
+                            ok = False
+                            raise
+                    if not ok:
+                        with contextlib.suppress(Exception):
+                            conn.execute("ROLLBACK")
+            except _RETRY as e:
+                raise BatchAborted(f"database: {_why(e)}") from e
+            finally:
+                self.pool.putconn(conn)
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        self._require_batch()
+        self._sp += 1
+        name = f"sp{self._sp}"
+        self._flush()  # what the savepoint goes back to is what is written
+        self._x(f"SAVEPOINT {name}")
+        live_before = {k: dict(v) for k, v in self._live.items()}
+        try:
+            yield
+        except BatchAborted:
+            raise
+        except BaseException:
+            try:
+                self._conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            except _RETRY as e:
+                raise BatchAborted(f"database: {_why(e)}") from e
+            # the live documents go back to what they were (as TinyDB's savepoint restores them)
+            self._live, self._dirty = {}, {}
+            for tid, doc in live_before.items():
+                self._live[tid] = doc
+            raise
+        else:
+            self._x(f"RELEASE SAVEPOINT {name}")
+
+    def refresh(self) -> None:
+        """Nothing to reload: every read sees what other daemons committed."""
+
+    def fence(self, name: str, holder: str | None = None, token: int | None = None) -> None:
+        """Part 2's mailbox leases: abort unless `holder` still holds `name` with `token`. Without a
+        holder (no leases yet) there is nothing to check."""
+        self._require_batch()
+        if holder is None:
+            return
+        row = self._x("SELECT holder, token FROM leases WHERE name = %s AND expires_at > now() FOR SHARE",
+                      (name,)).fetchone()
+        if row is None or row[0] != holder or (token is not None and row[1] != token):
+            raise BatchAborted(f"lease {name} lost")
+
+    def change_stamp(self) -> Any:
+        return None  # other daemons commit too: always recount
+
+    def close(self) -> None:
+        self.pool.close()
+
+    # ---- meta and serials -------------------------------------------------------------------------
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        if key.startswith("serial:"):
+            _s, prefix, day = key.split(":", 2)
+            n = self._q1("SELECT n FROM serials WHERE prefix = %s AND day = %s", (prefix, day))
+            return default if n is None else n
+        rows = self._q("SELECT value FROM meta WHERE key = %s", (key,))
+        return rows[0][0] if rows else default
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self._require_batch()
+        if key.startswith("serial:"):  # allocated by peek_ticket_id in this batch already
+            _s, prefix, day = key.split(":", 2)
+            self._x("INSERT INTO serials (prefix, day, n) VALUES (%s, %s, %s) ON CONFLICT (prefix, day) "
+                    "DO UPDATE SET n = greatest(serials.n, excluded.n)", (prefix, day, int(value)))
+            return
+        self._x("INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = "
+                "excluded.value", (key, _j(value)))
+
+    def peek_ticket_id(self, prefix: str, day: str) -> tuple[str, str, int]:
+        """In a batch the serial is allocated here (the counter row is bumped with RETURNING and
+        stays locked until the commit: unique across daemons; a rolled-back batch gives it back)."""
+        key = f"serial:{prefix}:{day}"
+        if not self._in_my_batch():
+            n = (self.get_meta(key, 0) or 0) + 1
+        else:
+            n = self._x("INSERT INTO serials (prefix, day, n) VALUES (%s, %s, 1) ON CONFLICT (prefix, day) "
+                        "DO UPDATE SET n = serials.n + 1 RETURNING n", (prefix, day)).fetchone()[0]
+        while self._q1("SELECT 1 FROM tickets WHERE id = %s", (f"{prefix}{day}{n:04d}",)):
+            n += 1  # a ticket made before the counter existed (a migration): skip past it
+            if self._in_my_batch():
+                self._x("UPDATE serials SET n = %s WHERE prefix = %s AND day = %s", (n, prefix, day))
+        return f"{prefix}{day}{n:04d}", key, n
+
+    def next_ticket_id(self, prefix: str, day: str) -> str:
+        tid, key, n = self.peek_ticket_id(prefix, day)
+        self.set_meta(key, n)
+        return tid
+
+    # ---- tickets ------------------------------------------------------------------------------
+
+    def ticket(self, tid: str) -> dict | None:
+        if self._in_my_batch():
+            t = self._live.get(tid)
+            if t is not None:
+                return t
+            row = self._x("SELECT doc FROM tickets WHERE id = %s AND NOT archived FOR UPDATE", (tid,)).fetchone()
+            if row is None:
+                return None
+            self._live[tid] = row[0]
+            return row[0]
+        rows = self._q("SELECT doc FROM tickets WHERE id = %s AND NOT archived", (tid,))
+        return rows[0][0] if rows else None
+
+    def all_tickets(self) -> list[dict]:
+        rows = [r[0] for r in self._q("SELECT doc FROM tickets WHERE NOT archived ORDER BY created_at, id")]
+        if self._in_my_batch():
+            return [self._live.get(t["id"], t) for t in rows]
+        return rows
+
+    def hot_ticket_ids(self) -> list[str]:
+        return [r[0] for r in self._q("SELECT id FROM tickets WHERE NOT archived ORDER BY created_at, id")]
+
+    def newest_hot_tickets(self, n: int | None) -> tuple[int, list[dict]]:
+        total = self._q("SELECT count(*) FROM tickets WHERE NOT archived")[0][0]
+        if n == 0:
+            return total, []
+        sql = "SELECT doc FROM tickets WHERE NOT archived ORDER BY id DESC"
+        rows = [r[0] for r in (self._q(sql + " LIMIT %s", (n,)) if n is not None else self._q(sql))]
+        rows.reverse()
+        if self._in_my_batch():
+            rows = [self._live.get(t["id"], t) for t in rows]
+        return total, rows
+
+    def add_ticket(self, t: dict) -> None:
+        try:
+            self._x("INSERT INTO tickets (id, status, customer_email, created_at, closed_at, wake_at, doc) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s)", (t["id"], *_ticket_cols(t), _j(t)))
+        except pgerr.UniqueViolation as e:
+            raise StoreError(f"ticket {t['id']} exists") from e
+        self._live[t["id"]] = t
+
+    def update_ticket(self, tid: str, fields: dict) -> None:
+        t = self.ticket(tid)
+        if t is None:
+            raise KeyError(tid)
+        self._require_batch()
+        t.update(fields)
+        self._dirty[tid] = self._dirty.get(tid, False) or "wake_at" in fields
+
+    def _flush(self) -> None:
+        """Write the changed live tickets: one UPDATE per ticket however often a message changed it
+        (before a savepoint, a query, the commit)."""
+        if not self._dirty:
+            return
+        dirty, self._dirty = self._dirty, {}
+        rows = [(*_ticket_cols(self._live[tid]), _j(self._live[tid]), sched, tid) for tid, sched in dirty.items()
+                if tid in self._live]
+        try:
+            self._conn.cursor().executemany(
+                "UPDATE tickets SET status = %s, customer_email = %s, created_at = %s, closed_at = %s, wake_at = %s, "
+                "doc = %s, scheduled = scheduled OR %s WHERE id = %s", rows)
+        except _RETRY as e:
+            raise BatchAborted(f"database: {_why(e)}") from e
+
+    def add_event(self, tid: str, kind: str, detail: str = "", at: datetime | None = None,
+                  actor: str = "system") -> None:
+        self.append_events(tid, [{"at": iso(at or utcnow()), "kind": kind, "actor": actor, "detail": detail}])
+
+    def append_events(self, tid: str, events: list[dict]) -> None:
+        t = self.ticket(tid)
+        if t is None or not events:
+            return
+        self.update_ticket(tid, {"events": [*t.get("events", []), *events]})
+
+    def customer_stats(self, email: str, now: datetime) -> dict[str, int]:
+        cutoff = iso(now - timedelta(days=30)) or ""
+        row = self._q(
+            "SELECT count(*) FILTER (WHERE status = ANY(%s)), "
+            "count(*) FILTER (WHERE doc->>'category' = 'complaint' AND created_at >= %s), "
+            "count(*) FILTER (WHERE doc->>'close_reason' = 'spam') "
+            "FROM tickets WHERE customer_email = %s AND NOT archived",
+            (list(OPEN_STATUSES), cutoff, email.lower()))[0]
+        return {"open_tickets": row[0], "complaints_30d": row[1], "spam_count": row[2]}
+
+    def open_counts(self) -> dict[str, int]:
+        return dict(self._q("SELECT doc->>'assignee', count(*) FROM tickets WHERE NOT archived AND status = ANY(%s) "
+                            "AND coalesce(doc->>'assignee', '') <> '' GROUP BY 1", (list(OPEN_STATUSES),)))
+
+    def ticket_counts(self) -> dict[str, int]:
+        return dict(self._q("SELECT status, count(*) FROM tickets WHERE NOT archived GROUP BY 1"))
+
+    # ---- the scheduler's wake index -------------------------------------------------------------
+
+    def next_wake(self) -> str | None:
+        if self._q1("SELECT 1 FROM tickets WHERE NOT scheduled AND NOT archived LIMIT 1"):
+            return "0000"
+        return self._q1("SELECT min(wake_at) FROM tickets WHERE wake_at IS NOT NULL AND NOT archived")
+
+    def due_tickets(self, now: datetime, limit: int | None = None) -> list[str]:
+        out = [r[0] for r in self._q("SELECT id FROM tickets WHERE NOT scheduled AND NOT archived ORDER BY id "
+                                     "LIMIT %s", (limit,))]
+        if limit is not None and len(out) >= limit:
+            return out
+        out += [r[0] for r in self._q(
+            "SELECT id FROM tickets WHERE wake_at IS NOT NULL AND NOT archived AND wake_at <= %s "
+            "ORDER BY wake_at, id LIMIT %s", (iso(now) or "", None if limit is None else limit - len(out)))]
+        return out
+
+    # ---- messages -----------------------------------------------------------------------------
+
+    def add_message(self, m: dict) -> None:
+        self._x("INSERT INTO messages (ticket_id, message_id, hash, direction, mailbox, doc) "
+                "VALUES (%s, %s, %s, %s, %s, %s)",
+                (m.get("ticket_id"), m["message_id"], m.get("hash") or "", m.get("direction") or "in",
+                 m.get("mailbox"), _j(m)))
+
+    def messages_of(self, tid: str) -> list[dict]:
+        return [r[0] for r in self._q("SELECT doc FROM messages WHERE ticket_id = %s AND NOT archived ORDER BY k",
+                                      (tid,))]
+
+    def message_count(self, tid: str) -> int:
+        return self._q1("SELECT count(*) FROM messages WHERE ticket_id = %s AND NOT archived", (tid,))
+
+    def messages_of_mailbox(self, mailbox: str) -> list[dict]:
+        return [r[0] for r in self._q("SELECT doc FROM messages WHERE mailbox = %s AND NOT archived ORDER BY k",
+                                      (mailbox,))]
+
+    def ticket_of_message_id(self, message_id: str) -> str | None:
+        return self._q1("SELECT ticket_id FROM messages WHERE message_id = %s AND ticket_id IS NOT NULL "
+                        "ORDER BY archived, k LIMIT 1", (message_id,))
+
+    def is_own_message_id(self, message_id: str) -> bool:
+        return bool(self._q1("SELECT 1 FROM messages WHERE message_id = %s AND direction = 'out' AND NOT archived "
+                             "LIMIT 1", (message_id,)))
+
+    # ---- idempotency --------------------------------------------------------------------------
+
+    @staticmethod
+    def seen_key(message_id: str, content_hash: str) -> str:
+        return f"{message_id}\x1f{content_hash}"
+
+    def already_seen(self, message_id: str, content_hash: str) -> bool:
+        # a hot message with this content, a remembered key, or any archived message with this id
+        return bool(self._q1(
+            "SELECT 1 FROM messages WHERE message_id = %s AND ((hash = %s AND NOT archived) OR archived) "
+            "UNION ALL SELECT 1 FROM seen WHERE key = %s LIMIT 1",
+            (message_id, content_hash, self.seen_key(message_id, content_hash))))
+
+    def mark_seen(self, message_id: str, content_hash: str, outcome: str, now: datetime | None = None) -> None:
+        self._x("INSERT INTO seen (key, outcome, at) VALUES (%s, %s, %s) ON CONFLICT (key) DO NOTHING",
+                (self.seen_key(message_id, content_hash), outcome, iso(now or utcnow())))
+
+    # ---- mailbox checkpoints --------------------------------------------------------------------
+
+    def checkpoint(self, mailbox: str) -> dict:
+        return dict(self._q1("SELECT doc FROM checkpoints WHERE mailbox = %s", (mailbox,)) or {})
+
+    def set_checkpoint(self, mailbox: str, **fields: Any) -> None:
+        self._x("INSERT INTO checkpoints (mailbox, doc) VALUES (%s, %s) ON CONFLICT (mailbox) DO UPDATE "
+                "SET doc = checkpoints.doc || excluded.doc", (mailbox, _j(fields)))
+
+    # ---- outbox -------------------------------------------------------------------------------
+
+    def add_outbox(self, row: dict, data: bytes | None = None) -> str:
+        self._require_batch()
+        k = str(self._x("SELECT nextval(pg_get_serial_sequence('outbox', 'k'))").fetchone()[0])
+        row["row"] = k
+        if data is not None:
+            row.setdefault("file", "db")
+        self._x("INSERT INTO outbox (k, status, ticket_id, next_attempt_at, sent_at, created_at, doc, data) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (int(k), row.get("status") or "queued", row.get("ticket_id"), row.get("next_attempt_at"),
+                 row.get("sent_at"), row.get("created_at"), _j(row), data))
+        return k
+
+    def outbox_rows(self) -> Mapping[str, dict]:
+        return {str(k): d for k, d in self._q("SELECT k, doc FROM outbox ORDER BY k")}
+
+    def outbox_row(self, k: str) -> dict | None:
+        try:
+            return self._q1("SELECT doc FROM outbox WHERE k = %s", (int(k),))
+        except ValueError:
+            return None
+
+    def outbox_due(self, now_iso: str) -> list[tuple[str, dict]]:
+        return [(str(k), d) for k, d in self._q(
+            "SELECT k, doc FROM outbox WHERE status = 'queued' AND coalesce(next_attempt_at, '') <= %s ORDER BY k",
+            (now_iso,))]
+
+    def outbox_counts(self) -> dict[str, int]:
+        return dict(self._q("SELECT status, count(*) FROM outbox GROUP BY 1"))
+
+    def outbox_last_error(self) -> str | None:
+        return self._q1("SELECT doc->>'last_error' FROM outbox WHERE coalesce(doc->>'last_error', '') <> '' "
+                        "ORDER BY created_at DESC NULLS LAST LIMIT 1")
+
+    def outbox_data(self, k: str) -> bytes | None:
+        d = self._q1("SELECT data FROM outbox WHERE k = %s", (int(k),))
+        return bytes(d) if d is not None else None
+
+    def outbox_files(self) -> set[str]:
+        return {(f or "").partition(":")[0] for (f,) in self._q("SELECT doc->>'file' FROM outbox")} - {"db"}
+
+    def update_outbox(self, k: str, fields: dict) -> None:
+        self._x("UPDATE outbox SET doc = doc || %s::jsonb WHERE k = %s", (_j(fields), int(k)))
+        self._x("UPDATE outbox SET status = doc->>'status', next_attempt_at = doc->>'next_attempt_at', "
+                "sent_at = doc->>'sent_at' WHERE k = %s", (int(k),))
+
+    def remove_outbox(self, keys: list[str]) -> None:
+        ks = [int(k) for k in keys]
+        self._x("DELETE FROM outbox WHERE k = ANY(%s)", (ks,))
+        self._x("DELETE FROM outbox_results WHERE row_k = ANY(%s)", (ks,))
+
+    def outbox_journal(self) -> PgJournal:
+        return PgJournal(self)
+
+    # ---- quarantine ---------------------------------------------------------------------------
+
+    def add_quarantine(self, q: dict) -> str:
+        return str(self._x("INSERT INTO quarantine (status, hash, spool, doc) VALUES (%s, %s, %s, %s) RETURNING k",
+                           (q.get("status"), q.get("hash"), q.get("spool"), _j(q))).fetchone()[0])
+
+    def quarantined(self) -> list[dict]:
+        return [dict(d, qid=str(k)) for k, d in self._q("SELECT k, doc FROM quarantine ORDER BY k")]
+
+    def quarantine_item(self, qid: str) -> dict | None:
+        try:
+            d = self._q1("SELECT doc FROM quarantine WHERE k = %s", (int(qid),))
+        except ValueError:
+            return None
+        return dict(d, qid=str(qid)) if d is not None else None
+
+    def quarantine_twin(self, spool: str | None, content_hash: str) -> dict | None:
+        rows = self._q("SELECT k, doc FROM quarantine WHERE (spool = %s OR hash = %s) AND status IN ('held', 'spam') "
+                       "ORDER BY k LIMIT 1", (spool, content_hash))
+        return dict(rows[0][1], qid=str(rows[0][0])) if rows else None
+
+    def update_quarantine(self, qid: str, fields: dict) -> None:
+        self._x("UPDATE quarantine SET doc = doc || %s::jsonb WHERE k = %s", (_j(fields), int(qid)))
+        self._x("UPDATE quarantine SET status = doc->>'status', hash = doc->>'hash', spool = doc->>'spool' "
+                "WHERE k = %s", (int(qid),))
+
+    # ---- housekeeping and the archive -----------------------------------------------------------
+
+    def prune(self, now: datetime | None = None, seen_days: int = 30, sent_days: int = 7) -> list[str]:
+        self._require_batch()
+        now = now or utcnow()
+        self._x("DELETE FROM seen WHERE at < %s", (iso(now - timedelta(days=seen_days)) or "",))
+        hour_ago = iso(now - timedelta(hours=1)) or ""
+        for key, recs in self._x("SELECT key, value FROM meta WHERE key LIKE 'auto:%%'").fetchall():
+            last = max((r if isinstance(r, str) else max(str(x) for x in r[:2]) for r in recs or []), default="")
+            if last < hour_ago:
+                self._x("DELETE FROM meta WHERE key = %s", (key,))
+        gone = self._x("DELETE FROM outbox WHERE status = 'sent' AND coalesce(sent_at, '') < %s RETURNING k, "
+                       "doc->>'file'", (iso(now - timedelta(days=sent_days)) or "",)).fetchall()
+        if gone:
+            self._x("DELETE FROM outbox_results WHERE row_k = ANY(%s)", ([k for k, _f in gone],))
+        return [f for _k, f in gone if f and f != "db"]
+
+    def archive(self, older_than_days: float = 3.0, now: datetime | None = None, cfg: Any = None) -> int:
+        """Closed tickets leave the hot set: one UPDATE each (flag + report summary); their
+        messages stay where they are, flagged too."""
+        from mailflow.archive import summary_of
+
+        self._require_batch()
+        cutoff = iso((now or utcnow()) - timedelta(days=older_than_days)) or ""
+        moving = self._x("SELECT id, doc FROM tickets WHERE NOT archived AND status = 'closed' AND closed_at IS NOT "
+                         "NULL AND closed_at < %s FOR UPDATE", (cutoff,)).fetchall()
+        for tid, t in moving:
+            self._x("UPDATE tickets SET archived = true, wake_at = NULL, summary = %s WHERE id = %s",
+                    (_j(summary_of(t, cfg if cfg is not None else self.cfg)), tid))
+            self._live.pop(tid, None)
+        if moving:
+            self._x("UPDATE messages SET archived = true WHERE ticket_id = ANY(%s)", ([tid for tid, _t in moving],))
+        return len(moving)
+
+    def unarchive(self, tid: str) -> dict | None:
+        self._require_batch()
+        t = self.ticket(tid)
+        if t is not None:
+            return t
+        if self._x("UPDATE tickets SET archived = false, summary = NULL WHERE id = %s AND archived RETURNING id",
+                   (tid,)).fetchone() is None:
+            return None
+        self._x("UPDATE messages SET archived = false WHERE ticket_id = %s", (tid,))
+        return self.ticket(tid)
+
+    def forget_archived(self, closed_before: str) -> list[dict]:
+        """Retention (`closed_tickets_years`): delete archived tickets closed before the cutoff and
+        their messages, in the batch; their `{"ticket", "messages"}` so the caller can blank the
+        raw mail and remove the attachments they refer to."""
+        gone = self._x("DELETE FROM tickets WHERE archived AND status = 'closed' AND closed_at IS NOT NULL AND "
+                       "closed_at <> '' AND closed_at < %s RETURNING id, doc", (closed_before,)).fetchall()
+        if not gone:
+            return []
+        ids = [tid for tid, _t in gone]
+        msgs: dict[str, list[dict]] = {}
+        for tid, m in self._x("DELETE FROM messages WHERE ticket_id = ANY(%s) RETURNING ticket_id, doc",
+                              (ids,)).fetchall():
+            msgs.setdefault(tid, []).append(m)
+        return [{"ticket": t, "messages": msgs.get(tid, [])} for tid, t in gone]
+
+    def archived_ticket(self, tid: str) -> dict | None:
+        t = self._q1("SELECT doc FROM tickets WHERE id = %s AND archived", (tid,))
+        if t is None:
+            return None
+        msgs = [r[0] for r in self._q("SELECT doc FROM messages WHERE ticket_id = %s ORDER BY k", (tid,))]
+        return {"ticket": t, "messages": msgs}
+
+    def archived_ticket_of(self, message_id: str) -> str | None:
+        return self._q1("SELECT ticket_id FROM messages WHERE message_id = %s AND archived AND ticket_id IS NOT NULL "
+                        "ORDER BY k LIMIT 1", (message_id,))
+
+    def is_archived(self, tid: str) -> bool:
+        return bool(self._q1("SELECT 1 FROM tickets WHERE id = %s AND archived", (tid,)))
+
+    def archived_count(self) -> int:
+        return self._q1("SELECT count(*) FROM tickets WHERE archived")
+
+    def iter_archived_summaries(self, created_from: str | None = None,
+                                created_to: str | None = None) -> Iterator[dict]:
+        """Streamed with a server-side cursor over (archived, created_at, id): flat memory."""
+        with self.pool.connection() as c, c.transaction(), c.cursor(name="summaries") as cur:
+            cur.itersize = 2000
+            cur.execute("SELECT summary, doc FROM tickets WHERE archived AND created_at >= %s"
+                        + (" AND created_at < %s" if created_to else "") + " ORDER BY created_at, id",
+                        (created_from or "", created_to) if created_to else (created_from or "",))
+            for summary, doc in cur:
+                yield summary if summary is not None else {k: v for k, v in doc.items() if k != "events"}
+
+    def search(self, q: Any) -> tuple[list[dict], bool]:
+        """Hot and archived tickets: status and dates in SQL, an address or words prefiltered in SQL
+        (ILIKE over the ticket's and its messages' documents), then the exact match of search.py."""
+        from mailflow.search import _match, _row
+
+        where, args = ["true"], []
+        if q.status:
+            where.append("t.status = %s")
+            args.append(q.status)
+        if q.created_from:
+            where.append("t.created_at >= %s")
+            args.append(q.created_from)
+        if q.created_to:
+            where.append("t.created_at < %s")
+            args.append(q.created_to)
+        needles = [q.customer.lower()] if q.customer else []
+        needles += q.words
+        for n in needles:
+            pat = "%" + n.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            where.append("(t.doc::text ILIKE %s OR EXISTS (SELECT 1 FROM messages m WHERE m.ticket_id = t.id "
+                         "AND m.doc::text ILIKE %s))")
+            args += [pat, pat]
+        out: list[dict] = []
+        more = False
+        with self.pool.connection() as c, c.transaction(), c.cursor(name="search") as cur:
+            cur.itersize = 500
+            cur.execute(f"SELECT t.doc, t.archived FROM tickets t WHERE {' AND '.join(where)} "
+                        "ORDER BY t.created_at DESC, t.id DESC", args)
+            for t, archived in cur:
+                msgs = self.messages_of_any(t["id"]) if (q.customer or q.words or archived) else []
+                if not _match(q, t, msgs):
+                    continue
+                if len(out) >= q.limit:
+                    more = True
+                    break
+                out.append(_row(t, archived, len(msgs) if archived else None))
+        return out, more
+
+    def messages_of_any(self, tid: str) -> list[dict]:
+        return [r[0] for r in self._q("SELECT doc FROM messages WHERE ticket_id = %s ORDER BY k", (tid,))]
+
+    def counts(self) -> dict[str, int]:
+        row = self._q("SELECT (SELECT count(*) FROM tickets WHERE NOT archived), (SELECT count(*) FROM tickets "
+                      "WHERE archived), (SELECT count(*) FROM messages WHERE NOT archived), (SELECT count(*) FROM "
+                      "outbox), (SELECT count(*) FROM quarantine), (SELECT count(*) FROM messages WHERE archived)")[0]
+        return dict(zip(("tickets_hot", "tickets_archived", "messages_hot", "outbox_rows", "quarantine",
+                         "message_ids_archived"), row, strict=True))
+
+    _FETCH = {"tickets": "SELECT id, doc, archived FROM tickets ORDER BY archived, created_at, id",
+              "messages": "SELECT k, doc FROM messages WHERE NOT archived ORDER BY k",
+              "outbox": "SELECT k, doc FROM outbox ORDER BY k",
+              "quarantine": "SELECT k, doc FROM quarantine ORDER BY k",
+              "seen": "SELECT key, json_build_object('key', key, 'outcome', outcome, 'at', at) FROM seen ORDER BY key",
+              "meta": "SELECT key, json_build_object('key', key, 'value', value) FROM meta ORDER BY key"}
+
+    def fetch_all(self, table: str) -> Iterator[tuple[str, dict]]:
+        if table not in self._FETCH:
+            raise StoreError(f"no table {table}")
+        for row in self._q(self._FETCH[table]):
+            k, doc = str(row[0]), row[1]
+            if table == "tickets" and row[2]:
+                doc = {**doc, "_archived_messages": self.messages_of_any(k)}
+            yield k, doc
+
+    # ---- privacy (export / erase: mailflow/privacy.py) --------------------------------------------
+
+    _DOCS = {"tickets": ("id", "SELECT id, doc, archived FROM tickets"),
+             "messages": ("k", "SELECT k, doc, archived FROM messages"),
+             "outbox": ("k", "SELECT k, doc, data IS NOT NULL FROM outbox"),
+             "quarantine": ("k", "SELECT k, doc, false FROM quarantine")}
+
+    def docs_mentioning(self, table: str, needles: list[str], tickets: list[str] = ()) -> list[tuple[str, dict, bool]]:
+        """(key, document, flag) of rows whose document holds any needle (case-insensitive), or
+        that belong to one of `tickets` (flag: archived; outbox: has its mail's bytes)."""
+        _key, sql = self._DOCS[table]
+        pats = ["%" + n.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%" for n in needles]
+        cond = "doc::text ILIKE ANY(%s)"
+        args: list = [pats]
+        if tickets and table != "quarantine":
+            cond += f" OR {'id' if table == 'tickets' else 'ticket_id'} = ANY(%s)"
+            args.append(list(tickets))
+        return [(str(k), d, bool(f)) for k, d, f in self._q(f"{sql} WHERE {cond} ORDER BY 1", args)]
+
+    def put_doc(self, table: str, key: str, doc: dict) -> None:
+        """Replace one document whole (privacy erase), with the columns beside it; an archived
+        ticket's report summary is made again from the new document."""
+        if table == "tickets":
+            self._x("UPDATE tickets SET status = %s, customer_email = %s, created_at = %s, closed_at = %s, "
+                    "wake_at = CASE WHEN archived THEN NULL ELSE %s END, doc = %s WHERE id = %s",
+                    (*_ticket_cols(doc), _j(doc), key))
+            if self._x("SELECT archived FROM tickets WHERE id = %s", (key,)).fetchone()[0]:
+                from mailflow.archive import summary_of
+
+                self._x("UPDATE tickets SET summary = %s WHERE id = %s", (_j(summary_of(doc, self.cfg)), key))
+            self._live.pop(key, None)
+        elif table == "messages":
+            self._x("UPDATE messages SET message_id = %s, hash = %s, mailbox = %s, doc = %s WHERE k = %s",
+                    (doc["message_id"], doc.get("hash") or "", doc.get("mailbox"), _j(doc), int(key)))
+        elif table == "outbox":
+            self._x("UPDATE outbox SET status = %s, next_attempt_at = %s, sent_at = %s, doc = %s WHERE k = %s",
+                    (doc.get("status"), doc.get("next_attempt_at"), doc.get("sent_at"), _j(doc), int(key)))
+        elif table == "quarantine":
+            self._x("UPDATE quarantine SET status = %s, hash = %s, spool = %s, doc = %s WHERE k = %s",
+                    (doc.get("status"), doc.get("hash"), doc.get("spool"), _j(doc), int(key)))
+        else:
+            raise StoreError(f"no table {table}")
+
+    def outbox_mail_items(self) -> Iterator[tuple[str, bytes]]:
+        """(row key, bytes) of every outbox row that holds its mail (privacy scans them)."""
+        for k, d in self._q("SELECT k, data FROM outbox WHERE data IS NOT NULL ORDER BY k"):
+            yield str(k), bytes(d)
+
+    def set_outbox_data(self, k: str, data: bytes | None) -> None:
+        self._x("UPDATE outbox SET data = %s WHERE k = %s", (data, int(k)))
+
+    def spool_refs(self) -> list[str]:
+        """The spool reference of every incoming message, hot or archived."""
+        return [r[0] for r in self._q("SELECT doc->>'spool' FROM messages WHERE direction = 'in' AND "
+                                      "doc->>'spool' IS NOT NULL")]
+
+    def drop_seen_mentioning(self, needle: str) -> int:
+        return len(self._x("DELETE FROM seen WHERE position(%s in lower(key)) > 0 RETURNING key",
+                           (needle.lower(),)).fetchall())
+
+    def meta_items(self) -> list[tuple[str, Any]]:
+        return self._q("SELECT key, value FROM meta ORDER BY key")
+
+    def drop_meta(self, key: str) -> None:
+        self._x("DELETE FROM meta WHERE key = %s", (key,))
+
+    # ---- daemons (`mailflow status`) ------------------------------------------------------------
+
+    def write_daemon_status(self, doc: dict) -> None:
+        with self.pool.connection() as c:
+            c.execute("INSERT INTO daemons (id, host, pid, started_at, seen_at, doc) VALUES (%s, %s, %s, now(), "
+                      "now(), %s) ON CONFLICT (id) DO UPDATE SET seen_at = now(), doc = excluded.doc",
+                      (self.daemon, socket.gethostname(), os.getpid(), _j(doc)))
+
+    def daemons(self) -> dict | None:
+        """The most recently seen daemon's report (as `daemon-status.json`), `running` if it wrote
+        within two minutes, and `all`: every daemon's id, host, pid, last seen, running."""
+        rows = self._q("SELECT id, host, pid, seen_at, doc, seen_at > now() - interval '2 minutes' FROM daemons "
+                       "ORDER BY seen_at DESC LIMIT 50")
+        if not rows:
+            return None
+        first = rows[0]
+        return {**first[4], "running": first[5], "id": first[0],
+                "all": [{"id": r[0], "host": r[1], "pid": r[2], "seen_at": r[3].isoformat(timespec="seconds"),
+                         "running": r[5]} for r in rows]}
+
+    def daemon_lock(self) -> _DaemonLock | None:
+        """One daemon per database for now (two would both fetch a mailbox's new mail and both
+        send a queued row): a session advisory lock on a connection of its own, freed by the server
+        when the process dies. None if another process holds it. Part 2 replaces it with leases."""
+        c = psycopg.connect(self._conninfo, autocommit=True)
+        if c.execute("SELECT pg_try_advisory_lock(%s)", (DAEMON_LOCK,)).fetchone()[0]:
+            return _DaemonLock(c)
+        c.close()
+        return None
+
+    # ---- `mailflow check` -------------------------------------------------------------------------
+
+    def server_info(self) -> dict:
+        """Server version, schema version and state (None: usable), for `mailflow check`."""
+        with self.pool.connection() as c:
+            v, why = pg_schema.state(c)
+            return {"server": c.execute("SHOW server_version").fetchone()[0], "schema": v,
+                    "known": pg_schema.VERSION, "problem": why}
+
+
+def _where(dsn: str) -> str:
+    """The dsn without any password, for messages."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        d = conninfo_to_dict(dsn)
+    except Exception:  # noqa: BLE001
+        return "the configured dsn"
+    return f"{d.get('host') or 'localhost'}:{d.get('port') or 5432}/{d.get('dbname') or ''}"
+
+
+def _why(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    return s[0] if s else type(e).__name__
+
+
+def connect_check(cfg: Any) -> dict:
+    """Connect once (no pool, no schema check) and report server and schema state: `check --connect`."""
+    try:
+        with psycopg.connect(cfg.pg.conninfo(), autocommit=True,
+                             connect_timeout=int(cfg.pg.options.get("connect_timeout") or 10)) as c:
+            v, why = pg_schema.state(c)
+            return {"ok": True, "server": c.execute("SHOW server_version").fetchone()[0], "schema": v,
+                    "known": pg_schema.VERSION, "problem": why, "where": _where(cfg.pg.dsn)}
+    except psycopg.Error as e:
+        return {"ok": False, "problem": _why(e), "where": _where(cfg.pg.dsn)}
+
+
+__all__ = ["PgStore", "SchemaError", "connect_check", "daemon_id"]
