@@ -164,16 +164,7 @@ def expire_closed(store: Store, cutoff: datetime, cfg=None) -> int:
             for tid in tids:
                 shutil.rmtree(store.dir / "attachments" / tid, ignore_errors=True)
             gone += len(tids)
-        for name, regions in blank.items():
-            p = store.dir / "spool" / name
-            try:
-                data = bytearray(p.read_bytes())
-            except OSError:
-                continue  # already gone (raw_mail_days)
-            for off, ln in regions:
-                data[off:off + ln] = bytes(len(data[off:off + ln]))
-            write_atomic(p, bytes(data))
-            os.chmod(p, 0o600)
+        _blank_spool(store, blank)
         if gone:
             hist = list(store.get_meta("retention:log", []) or [])[-99:]
             hist.append({"at": iso(datetime.now(cutoff.tzinfo)), "closed_before": cut, "tickets": gone})
