@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -43,16 +44,21 @@ def test_backup_while_the_daemon_runs_then_restore_and_resume(tmp_path, dovecot_
     src.mkdir()
     u = user(dovecot_server)
     cfg = config(src, [mailbox_toml(u, dovecot_server.port, extra="batch_size = 10")], smtp_sink.port)
-    mails = [make_mail(i, sender=f"cust{i}@customer.example") for i in range(N)]
+    mails = [make_mail(i, sender=f"cust{i}@customer.example") for i in range(2 * N)]
     mids = [parsed(m)["Message-ID"].strip("<>") for m in mails]
-    dovecot_server.append_many(u, mails)
+    dovecot_server.append_many(u, mails[:N])
     out = tmp_path / "backups"
     with daemon(cfg, notify) as run:
         run.wait_log(r"new ticket=", n=30, timeout=60)
+        # more mail keeps arriving while the backup runs, so the snapshot falls mid-backlog even when
+        # the daemon is fast and the backup command slow to start (a loaded machine)
+        more = threading.Thread(target=dovecot_server.append_many, args=(u, mails[N:]))
+        more.start()
         b = mailflow(cfg, "backup", "--out", str(out))
+        more.join()
         assert "store locked" in b.stdout
-        run.wait_log(r"new ticket=", n=N, timeout=120)
-        assert smtp_sink.wait_for(N, timeout=60)
+        run.wait_log(r"new ticket=", n=2 * N, timeout=240)
+        assert smtp_sink.wait_for(2 * N, timeout=120)
         assert run.stop() == 0
     [bk] = list_backups(out)
     assert oct(bk.stat().st_mode & 0o777) == "0o600"
@@ -72,7 +78,7 @@ def test_backup_while_the_daemon_runs_then_restore_and_resume(tmp_path, dovecot_
     assert (dst / "restored-config" / "mailflow.toml").read_text() == cfg.read_text()
     rs, ss = Store(dst), Store(src / "data")
     last = rs.checkpoint(u)["last_uid"]
-    assert 0 < last < N, f"the backup was not taken mid-backlog (checkpoint {last})"
+    assert 0 < last < 2 * N, f"the backup was not taken mid-backlog (checkpoint {last})"
     assert _inbound(rs) == set(mids[:last])  # every mail up to the checkpoint, none after it
     assert manifest["counts"]["tickets_hot"] == len(rs.all_tickets()) == last
     for t in rs.all_tickets():  # tickets and conversations as the source had them
@@ -86,7 +92,7 @@ def test_backup_while_the_daemon_runs_then_restore_and_resume(tmp_path, dovecot_
     sent_tickets = {rs.outbox_rows()[k]["ticket_id"] for k in sent_then}
 
     # the restored install resumes: what arrived after the snapshot, once, and no mail sent twice
-    late = [make_mail(N + i, sender=f"late{i}@customer.example") for i in range(5)]
+    late = [make_mail(2 * N + i, sender=f"late{i}@customer.example") for i in range(5)]
     dovecot_server.append_many(u, late)
     smtp_sink.clear()
     cfg2 = config(tmp_path / "restored", [mailbox_toml(u, dovecot_server.port, extra="batch_size = 50")],
@@ -96,10 +102,10 @@ def test_backup_while_the_daemon_runs_then_restore_and_resume(tmp_path, dovecot_
     rs = Store(dst)
     ins = [m["message_id"] for m in rs._table("messages").values() if m["direction"] == "in"]
     assert sorted(ins) == sorted(mids + [parsed(m)["Message-ID"].strip("<>") for m in late])  # no duplicates
-    assert len(rs.all_tickets()) == N + 5
+    assert len(rs.all_tickets()) == 2 * N + 5
     got = [str(parsed(d)["X-Mailflow-Ticket"]) for _f, _r, d in smtp_sink.messages]
     assert not set(got) & sent_tickets, "a mail delivered before the snapshot went out again"
-    assert len(got) == len(set(got)) == N + 5 - len(sent_tickets)
+    assert len(got) == len(set(got)) == 2 * N + 5 - len(sent_tickets)
 
 
 def test_a_damaged_backup_is_refused_before_anything_is_written(tmp_path):
