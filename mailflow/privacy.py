@@ -575,9 +575,7 @@ def _erase_db(cfg, addr: str, now) -> EraseResult:
             er.hot()
             er.attachments()
             er.segments()
-            log_ = list(store.get_meta("privacy:erasures", []) or [])
-            log_.append({"at": when, "pseudonym": pseud, "changed": {k: v for k, v in er.changed.items() if v}})
-            store.set_meta("privacy:erasures", log_)
+            _log_erasure(store, when, pseud, er.changed)
         return EraseResult(pseud, er.changed, er.other_files())
     finally:
         store.close()
@@ -619,10 +617,7 @@ def erase(cfg, email: str, now=None) -> EraseResult:
             er.archives()
             er.attachments()
             er.segments()
-            log_ = list(store.get_meta("privacy:erasures", []) or [])
-            log_.append({"at": when, "pseudonym": pseud,
-                         "changed": {k: v for k, v in er.changed.items() if v}})
-            store.set_meta("privacy:erasures", log_)
+            _log_erasure(store, when, pseud, er.changed)
             store.storage.dirty = True  # one fresh snapshot: the commit log's old versions go
         store.archive_index.vacuum()
         store.archive_index.close()
@@ -639,6 +634,13 @@ def _fold_journal(cfg, store) -> None:
 
     if (store.dir / "outbox" / "journal.log").exists():
         Outbox(cfg, store, None).fold_journal()  # type: ignore[arg-type]
+
+
+def _log_erasure(store, when: str, pseud: str, changed: dict[str, int]) -> None:
+    """The erasure is recorded by pseudonym and counts only, never by address."""
+    log_ = list(store.get_meta("privacy:erasures", []) or [])
+    log_.append({"at": when, "pseudonym": pseud, "changed": {k: v for k, v in changed.items() if v}})
+    store.set_meta("privacy:erasures", log_)
 
 
 # ---- export ---------------------------------------------------------------------------------------
