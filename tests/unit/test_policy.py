@@ -223,21 +223,16 @@ def test_bundled_rules_follow_the_policy(results):
     assert _rate(results, "priority") >= PRIORITY_FLOOR, report
 
 
-@pytest.mark.parametrize("half", HALVES)
-def test_every_half_follows_the_policy(results, half):
+@pytest.mark.parametrize(("half", "category_floor", "priority_floor"),
+                         [(h, CATEGORY_FLOOR, PRIORITY_FLOOR) for h in HALVES]
+                         + [(h, HELD_OUT_FLOOR, HELD_OUT_FLOOR) for h in HELD_OUT])
+def test_every_half_follows_the_policy(results, half, category_floor, priority_floor):
+    """Tuning halves meet the floors; the held-out half is the unseen-mail estimate, so a rule change
+    that loses it is a regression even if the tuning halves pass."""
     part = [r for r in results if r.mail.half == half]
     report = summary(part)
-    assert _rate(part, "category") >= CATEGORY_FLOOR, report
-    assert _rate(part, "priority") >= PRIORITY_FLOOR, report
-
-
-@pytest.mark.parametrize("half", HELD_OUT)
-def test_held_out_half_stays_near_its_first_score(results, half):
-    """The unseen-mail estimate: a rule change that loses it is a regression even if tuning sets pass."""
-    part = [r for r in results if r.mail.half == half]
-    report = summary(part)
-    assert _rate(part, "category") >= HELD_OUT_FLOOR, report
-    assert _rate(part, "priority") >= HELD_OUT_FLOOR, report
+    assert _rate(part, "category") >= category_floor, report
+    assert _rate(part, "priority") >= priority_floor, report
 
 
 def test_a_named_staff_member_is_never_assigned(results):
