@@ -781,6 +781,17 @@ def status(obj: Ctx, as_json: bool) -> None:
             click.echo(f"last reload REJECTED at {rl['at']} ({rl['reason']}): {rl['error']}")
         elif rl:
             click.echo(f"last reload: ok at {rl['at']} ({rl['reason']})")
+    if "leases" in out:  # PostgreSQL: several daemons may share the work
+        live = [x for x in out["leases"] if x["name"].startswith("daemon:")]
+        click.echo(f"cluster: {len(live)} daemon(s) live" + "".join(
+            f"\n  daemon {x['holder']} (since {x['acquired_at']})" for x in live))
+        for x in out["leases"]:
+            if not x["name"].startswith("daemon:"):
+                click.echo(f"  {x['name']}: held by {x['holder']} (token {x['token']}, until {x['expires_at']})")
+        held = {x["name"] for x in out["leases"]}
+        for m in out["mailboxes"]:
+            if f"mailbox:{m['name']}" not in held:
+                click.echo(f"  mailbox:{m['name']}: nobody works it now")
 
 
 cli_report.register(main)

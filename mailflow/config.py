@@ -138,6 +138,7 @@ class PgConfig:
     password: Secret = field(default_factory=Secret)
     options: dict[str, str] = field(default_factory=dict)  # sslmode, sslrootcert, ...: passed to libpq
     pool_size: int = 4
+    lease_seconds: float = 30.0  # a dead daemon's mailboxes are served by another within this time
 
     def conninfo(self) -> str:
         """The libpq connection string with the password and TLS options (never logged)."""
@@ -464,7 +465,7 @@ def from_dict(data: dict, fname: str, base: Path, path: Path | None = None) -> C
     attachments = table("attachments")
     retention = table("retention")
     r.unknown(storage, {"data_dir", "archive_after_days", "backup_dir", "backend", "dsn", "password",
-                        "password_env", "password_file", "pool_size", *PG_OPTIONS}, "storage.")
+                        "password_env", "password_file", "pool_size", "lease_seconds", *PG_OPTIONS}, "storage.")
     r.unknown(retention, {"raw_mail_days", "attachments_days", "closed_tickets_years"}, "retention.")
     r.unknown(rules, {"dir"}, "rules.")
     r.unknown(templates, {"dir", "default_locale"}, "templates.")
@@ -637,7 +638,8 @@ def _storage_backend(r: _Reader, t: dict, cfg: Config) -> None:
         r.err("storage.backend", f'must be "tinydb" or "postgresql", not {cfg.backend!r}')
         cfg.backend = "tinydb"
     pg = PgConfig(dsn=r.get(t, "dsn", str, "", "storage."), password=r.secret(t, "storage."),
-                  pool_size=r.get(t, "pool_size", int, 4, "storage."))
+                  pool_size=r.get(t, "pool_size", int, 4, "storage."),
+                  lease_seconds=r.get(t, "lease_seconds", float, 30.0, "storage."))
     for k in PG_OPTIONS:
         v = r.get(t, k, (str, int), None, "storage.")
         if v is not None:
@@ -649,6 +651,8 @@ def _storage_backend(r: _Reader, t: dict, cfg: Config) -> None:
             r.err("storage.dsn", f"not a PostgreSQL connection string: {pg.dsn!r}")
         if not 1 <= pg.pool_size <= 100:
             r.err("storage.pool_size", f"must be 1 to 100, not {pg.pool_size}")
+        if not 2 <= pg.lease_seconds <= 600:
+            r.err("storage.lease_seconds", f"must be 2 to 600 seconds, not {pg.lease_seconds:g}")
     elif pg.dsn:
         r.err("storage.dsn", 'only with backend = "postgresql"')
     cfg.pg = pg

@@ -165,8 +165,11 @@ class Sender:
     name = "outbox"
 
     def __init__(self, outbox: Outbox | Callable[[], Outbox], lock: Any, smtp_timeout: Callable[[], float],
-                 interval: float = SEND_INTERVAL, chunk: int = FLUSH_CHUNK):
+                 interval: float = SEND_INTERVAL, chunk: int = FLUSH_CHUNK, claimer: str | None = None,
+                 may_housekeep: Callable[[], bool] = lambda: True):
         self._outbox = outbox
+        self.claimer = claimer  # several daemons: claim rows under this id before sending them
+        self.may_housekeep = may_housekeep  # several daemons: only the scheduler's holder
         self.lock = lock
         self.smtp_timeout = smtp_timeout
         self.interval = interval
@@ -245,7 +248,8 @@ class Sender:
     def _housekeeping(self) -> None:
         """Keep the hot database small (the same as `run --once` does after its flush)."""
         hk = getattr(self.outbox, "housekeeping", None)
-        if hk is None:
+        if hk is None or not self.may_housekeep():
+            self.next_housekeeping = time.monotonic() + 60.0  # look again soon: we may hold it then
             return
         self.beat, self.allowance = time.monotonic(), 600.0
         try:
@@ -262,6 +266,9 @@ class Sender:
         # every step of a flush ends within an SMTP timeout (aiosmtplib bounds each command)
         self._flush_allowance = 2 * self.smtp_timeout() + 10
         self.allowance, self.beat = self._flush_allowance, time.monotonic()
+
+        if self.claimer is not None:
+            self.outbox.claimer = self.claimer
 
         async def go() -> FlushStats:
             return await _Stepped(self.outbox.flush(chunk=self.chunk), self.lock, self._step)
@@ -315,9 +322,10 @@ class Scheduler:
 
     name = "scheduler"
 
-    def __init__(self, box: Box, on_work: Callable[[], None] = lambda: None):
+    def __init__(self, box: Box, on_work: Callable[[], None] = lambda: None, leases: Any = None):
         self.box = box
         self.on_work = on_work
+        self.leases = leases  # several daemons: only the holder of the `scheduler` lease runs timers
         self.beat = time.monotonic()
         self.allowance = SCHEDULER_MAX_SLEEP + 10
         self.passes = 0
@@ -338,12 +346,21 @@ class Scheduler:
 
     def _run(self) -> None:
         from mailflow import services
+        from mailflow.cluster import SCHEDULER
 
         while not self._stop.is_set():
             rt = self.box.current
+            fence = None
+            if self.leases is not None:
+                fence = self.leases.fence(SCHEDULER)
+                if fence is None:  # another daemon runs the timers; look again at the next lease check
+                    self.beat, self.allowance = time.monotonic(), self.leases.every + 10
+                    self._wake.wait(self.leases.every)
+                    self._wake.clear()
+                    continue
             self.beat, self.allowance = time.monotonic(), PROCESS_ALLOWANCE
             try:
-                n = services.timers_pass(rt)
+                n = services.timers_pass(rt, fence)
                 self.last_error = None
             except Exception as e:  # never let the scheduler die: log, back off, try again
                 self.last_error = f"{type(e).__name__}: {e}"
@@ -381,10 +398,20 @@ class Daemon:
         self._stamp = _tree_stamp(cfg.rules_dir, cfg.templates_dir)
         self.box.pipeline.debug = logging.getLogger().isEnabledFor(logging.DEBUG)
         self.stop = threading.Event()
-        self.workers = [MailboxWorker(mb, self.box) for mb in cfg.mailboxes]
+        self.leases = None  # PostgreSQL: several daemons share the database (mailflow/cluster.py)
+        if self.store.backend != "tinydb":
+            from mailflow.cluster import SCHEDULER, Leases
+
+            self.leases = Leases(self.store, [mb.name for mb in cfg.mailboxes], cfg.pg.lease_seconds,
+                                 info={"host": socket.gethostname(), "pid": os.getpid()})
+            self.leases.busy = lambda name: any(w.working for w in self.workers if w.lease_name == name)
+        self.workers = [MailboxWorker(mb, self.box, self.leases) for mb in cfg.mailboxes]
         self.threads: list[threading.Thread] = []
-        self.sender = Sender(lambda: self.box.pipeline.outbox, self.store.mutex, self._smtp_timeout)
-        self.scheduler = Scheduler(self.box, on_work=self._kick_sender)
+        leases = self.leases
+        self.sender = Sender(lambda: self.box.pipeline.outbox, self.store.mutex, self._smtp_timeout,
+                             claimer=None if leases is None else leases.me,
+                             may_housekeep=lambda: leases is None or leases.holds(SCHEDULER))
+        self.scheduler = Scheduler(self.box, on_work=self._kick_sender, leases=self.leases)
         self.watchdog = watchdog_seconds()
         self.grace = 20.0
         self.ready = False
@@ -418,6 +445,8 @@ class Daemon:
         if self.scheduler.thread.ident is not None:
             out.append(("scheduler", self.scheduler.beat, self.scheduler.allowance,
                         self.scheduler.thread.is_alive()))
+        if self.leases is not None and self.leases.started:
+            out.append(("leases", self.leases.beat, self.leases.every + 30.0, self.leases.alive))
         return out
 
     def floor(self) -> float:
@@ -499,7 +528,8 @@ class Daemon:
                "ready": self.ready, "stopping": self.stopping,
                "mailboxes": {w.name: {"state": w.state, "last_error": w.last_error} for w in self.workers},
                "smtp": self.sender.smtp_state, "wedged": list(self._wedged),
-               "last_reload": self.last_reload, "scheduler_passes": self.scheduler.passes}
+               "last_reload": self.last_reload, "scheduler_passes": self.scheduler.passes,
+               **({} if self.leases is None else {"leases": self.leases.held(), "daemon_id": self.leases.me})}
         try:
             if self.store.backend == "tinydb":
                 write_atomic(self.store.dir / "daemon-status.json", json.dumps(doc, ensure_ascii=False).encode())
@@ -690,6 +720,10 @@ class Daemon:
                     log.warning("mailbox=%s timeout %gs is not under half of WatchdogSec (%gs): a slow "
                                 "server may cost a watchdog restart instead of a retry", mb.name, mb.timeout,
                                 self.watchdog)
+        if self.leases is not None:
+            self.leases.start()  # our own lease, a first share of the mailboxes, perhaps the scheduler
+            log.info("cluster: daemon %s, %d daemon(s) live, holding %s", self.leases.me,
+                     len(self.store.live_daemons()), ", ".join(self.leases.held()) or "nothing yet")
         self.sender.start()
         self.scheduler.start()
         for w in self.workers:
@@ -739,10 +773,17 @@ class Daemon:
         if not await self._wait(lambda: not self.sender.thread.is_alive(), left()):
             self.sender.abort()
             await self._wait(lambda: not self.sender.thread.is_alive(), 3.0)
+        if self.leases is not None:
+            await asyncio.to_thread(self._leave_cluster)
         queued = await asyncio.to_thread(self._queued_now)
         log.info("stopped: %s", f"{queued} mail(s) stay queued for the next start" if queued
                  else "outbox empty")
         return 0
+
+    def _leave_cluster(self) -> None:
+        """Give back unsent claimed rows and every lease: the other daemons take over at once."""
+        self.pipeline.outbox.release_claims()
+        self.leases.stop()
 
     def _queued_now(self) -> int | str:
         if not self.store.mutex.acquire(timeout=5.0):

@@ -19,11 +19,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mailflow.cluster import Leases, mailbox_lease
 from mailflow.config import MailboxConfig
 from mailflow.fetch import Backoff, FetchError, ImapSource
 from mailflow.pipeline import Incoming, Pipeline, Result
 from mailflow.runtime import Box
 from mailflow.store import iso, parse_iso
+from mailflow.storeapi import BatchAborted
 
 log = logging.getLogger("mailflow.mailbox")
 MAX_BATCH_BYTES = 24 * 1024 * 1024  # raw mail held in memory per batch (a bigger mail is a batch alone)
@@ -31,6 +33,10 @@ MAX_BATCH_BYTES = 24 * 1024 * 1024  # raw mail held in memory per batch (a bigge
 PROCESS_ALLOWANCE = 300.0  # seconds one message (beat before each) or the batch's commit may take
 AUTH_RETRY_MIN = 30.0  # a rejected login is not retried sooner than this
 TOUCH_EVERY = 300.0  # an idle mailbox records its last successful poll this often
+
+
+class LeaseLost(Exception):
+    """Several daemons: this mailbox's lease moved on before the batch began."""
 
 
 @dataclass
@@ -49,8 +55,9 @@ class _BeatingStop:
         self._w = worker
 
     def is_set(self) -> bool:
+        """Stop asked for, or (several daemons) this mailbox's lease is no longer ours."""
         self._w.beat = time.monotonic()
-        return self._stop.is_set()
+        return self._stop.is_set() or not self._w.leased()
 
     def wait(self, timeout: float | None = None) -> bool:
         self._w.beat = time.monotonic()
@@ -62,9 +69,12 @@ class _BeatingStop:
 class MailboxWorker:
     """Owns one ImapSource; used by `run --once` (poll) and by the daemon's per-mailbox thread (run)."""
 
-    def __init__(self, cfg: MailboxConfig, pipeline: Pipeline | Box):
+    def __init__(self, cfg: MailboxConfig, pipeline: Pipeline | Box, leases: Leases | None = None):
         self.cfg = cfg
         self._pipeline = pipeline
+        self.leases = leases  # several daemons share the database: work only while our lease holds
+        self.lease_name = mailbox_lease(cfg.name)
+        self.working = False  # inside poll(): the lease is handed back only once this is False
         self.src: ImapSource | None = None
         self.beat = time.monotonic()
         self.allowance = self._t(4, 10)
@@ -81,6 +91,17 @@ class MailboxWorker:
     @property
     def name(self) -> str:
         return self.cfg.name
+
+    def leased(self) -> bool:
+        return self.leases is None or self.leases.holds(self.lease_name)
+
+    def fence(self) -> tuple[str, str, int] | None:
+        if self.leases is None:
+            return None
+        f = self.leases.fence(self.lease_name)
+        if f is None:
+            raise LeaseLost(f"lease {self.lease_name} is no longer ours")
+        return f
 
     @property
     def pipeline(self) -> Pipeline:
@@ -171,7 +192,7 @@ class MailboxWorker:
             i += chunk.index(top) + 1
             self.expect("process", PROCESS_ALLOWANCE)
             results: list[Result] = self.pipeline.process(
-                items, checkpoint=(self.cfg.name, {"uidvalidity": src.uidvalidity, "last_uid": top,
+                items, fence=self.fence(), checkpoint=(self.cfg.name, {"uidvalidity": src.uidvalidity, "last_uid": top,
                                                    "last_poll": iso(self.pipeline.clock.now()), "last_error": None}),
                 beat=lambda: self.expect("process", PROCESS_ALLOWANCE))
             # committed: only now may the server hear that these are done
@@ -238,8 +259,13 @@ class MailboxWorker:
         beating = _BeatingStop(stop, self)
         interval = min(max(float(self.cfg.poll_interval), 1.0), 3600.0)
         while not stop.is_set():
+            self.working = True  # before the lease check: the lease is never handed back under a batch
+            if not self.leased():
+                self.working = False
+                self._standby(stop)
+                continue
             try:
-                stats = self.poll(stop)
+                stats = self.poll(beating)
                 backoff.reset()
                 if stats.fetched:
                     on_mail()
@@ -253,9 +279,13 @@ class MailboxWorker:
                 self.expect("wait", self._t(2, 5))
                 self.src.wait(interval, stop=beating)
             except Exception as e:  # never let one mailbox take the process down
+                self.working = False
                 self.close_quietly()
                 if stop.is_set():
                     break
+                if isinstance(e, LeaseLost) or (isinstance(e, BatchAborted) and not self.leased()):
+                    log.warning("mailbox=%s lease lost: leaving it to the daemon that holds it now", self.name)
+                    continue
                 if isinstance(e, FetchError):
                     delay = backoff.next()
                     if e.auth:
@@ -268,8 +298,19 @@ class MailboxWorker:
                     log.debug("mailbox=%s traceback", self.name, exc_info=True)
                 self.record_error(e)
                 self._sleep(stop, delay)
+            finally:
+                self.working = False
         self.close_quietly()
         self.state = "stopped"
+
+    def _standby(self, stop: threading.Event) -> None:
+        """Another daemon works this mailbox (or nobody yet): stay disconnected, look again soon."""
+        if self.src is not None:
+            log.info("mailbox=%s standby: another daemon works it", self.name)
+        self.close_quietly()
+        self.state, self.settled, self.last_error = "standby", True, None
+        self.expect("standby", 5.0)
+        stop.wait(0.5)
 
     def close_quietly(self) -> None:
         try:

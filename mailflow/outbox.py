@@ -30,6 +30,11 @@ from mailflow.storeapi import StoreAPI
 log = logging.getLogger("mailflow.outbox")
 
 
+CLAIM_ROWS = 200  # outbox rows one sender claims at a time (several daemons)
+# a claim outlives its sender's crash only until that daemon's lease runs out; this bounds it for a
+# sender that is alive but wedged (its watchdog restarts it long before)
+CLAIM_SECONDS = 3600.0
+
 LOOP_MINUTES = 10  # the same subject or words again this soon (mail time) ...
 LOOP_REPEATS = 2  # ... after this many automatic answers: a loop, not a customer
 
@@ -88,13 +93,21 @@ def _secret_key(cfg: Config, data_dir: Path) -> bytes:
         return cfg.outbound.hmac_key.get().encode()
     p = data_dir / "secret.key"
     if not p.exists():
-        tmp = p.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
+        # two daemons starting at once on one data directory (PostgreSQL) must agree on one key:
+        # each writes its own temporary file and links it into place; only the first link succeeds
+        tmp = p.with_name(f"secret.key.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, p)
+            except FileExistsError:
+                pass
+        finally:
+            tmp.unlink(missing_ok=True)
     return p.read_text().strip().encode()
 
 
@@ -113,6 +126,9 @@ class Outbox:
         self._pending_name = ""
         self._pending_size = 0
         self.key = _secret_key(cfg, store.dir)
+        # several daemons share the database: rows are claimed by this id before they are sent
+        # (`claim_outbox`, FOR UPDATE SKIP LOCKED), so no two senders send the same row
+        self.claimer: str | None = None
 
     # ---- message ids ------------------------------------------------------------------------
 
@@ -343,13 +359,18 @@ class Outbox:
         return self.segments.read(row["file"])
 
     def fold_journal(self) -> None:
-        """Apply journaled results to the database in one commit, then empty the journal."""
-        state = self._journal_state()
-        if not state:
+        """Apply journaled results to the database in one commit, then empty the journal. PostgreSQL:
+        the results are taken (deleted) inside that commit, so two daemons folding at once never
+        apply one result twice."""
+        take = getattr(self.journal, "take", None)
+        state = {} if take is not None else self._journal_state()
+        if not state and (take is None or not self.journal.stamp()):
             return
         now = self.clock.now()
         ob = self.cfg.outbound
         with self.store.batch():
+            if take is not None:
+                state = take()
             for k, e in state.items():
                 row = self.store.outbox_row(k)
                 if row is None or row["status"] != "queued":
@@ -378,12 +399,20 @@ class Outbox:
                     else:
                         self.store.update_outbox(k, {"attempts": attempts, "last_error": e["detail"],
                                                      "next_attempt_at": iso(now + timedelta(seconds=delay))})
-            if getattr(self.journal, "in_batch", False):
-                self.journal.clear(state)  # PG: the folded results go in the same commit
+            if getattr(self.journal, "in_batch", False) and take is None:
+                self.journal.clear(state)  # the folded results go in the same commit
         # committed: the journal is spent (a crash before this line refolds harmlessly: rows that
         # are no longer queued are skipped)
         if not getattr(self.journal, "in_batch", False):
             self.journal.clear(state)
+
+    def release_claims(self) -> None:
+        """A stopping sender gives back the rows it claimed but did not send."""
+        if self.claimer is not None:
+            try:
+                self.store.release_claims(self.claimer)
+            except Exception as e:  # noqa: BLE001 - the claims run out with our daemon lease
+                log.warning("cannot give back claimed outbox rows: %s", e)
 
     def _record_failure(self, tid: str, rcpt: str, why: str) -> None:
         t = self.store.ticket(tid)
@@ -396,6 +425,8 @@ class Outbox:
         """Queued rows whose time has come; under the store's lock so a batch still being built
         (rows not yet committed) is never seen, let alone sent."""
         now_s = iso(now or self.clock.now()) or ""
+        if self.claimer is not None:
+            return self.store.claim_outbox(now_s, self.claimer, CLAIM_ROWS, CLAIM_SECONDS)
         done = self._journal_state()
         with self.store.mutex:
             self.store.refresh()
@@ -410,11 +441,25 @@ class Outbox:
 
     async def flush(self, chunk: int = 50, now: datetime | None = None) -> FlushStats:
         """Try every due row once over one connection per SMTP server; journal each result."""
+        stats = FlushStats()
+        tried: set[str] = set()
+        while True:  # one pass of due rows; with claims, until no new row can be claimed
+            rows = [(k, r) for k, r in self.due(now) if k not in tried]
+            if not rows:
+                break
+            tried.update(k for k, _r in rows)
+            await self._send_rows(rows, chunk, stats)
+            if self.claimer is None:
+                break
+        self.fold_journal()
+        stats.queued = self.pending_count()
+        return stats
+
+    async def _send_rows(self, due: list[tuple[str, dict]], chunk: int, stats: FlushStats) -> None:
         from mailflow.send import OutMail, SendResult, SmtpSender
 
-        stats = FlushStats()
         groups: dict[int, tuple[SmtpConfig, list[tuple[str, dict]]]] = {}
-        for k, row in self.due(now):
+        for k, row in due:
             smtp = self.cfg.smtp_for(row.get("mailbox"))
             if smtp is None:
                 stats.no_smtp += 1
@@ -452,9 +497,6 @@ class Outbox:
                         break
             finally:
                 await sender.close()
-        self.fold_journal()
-        stats.queued = self.pending_count()
-        return stats
 
     def housekeeping(self, archive_days: float | None = None, now: datetime | None = None) -> tuple[int, int]:
         """Archive long-closed tickets and drop week-old sent rows; (archived, pruned)."""

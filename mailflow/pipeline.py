@@ -90,16 +90,20 @@ class Pipeline:
     # ---- batch entry point ------------------------------------------------------------------
 
     def process(self, items: list[Incoming], checkpoint: tuple[str, dict] | None = None,
-                beat: Callable[[], None] | None = None) -> list[Result]:
+                beat: Callable[[], None] | None = None,
+                fence: tuple[str, str, int] | None = None) -> list[Result]:
         """Spool (fsync) every message, then handle all in one commit together with the checkpoint.
         `beat` is called before each message (the mailbox loop's watchdog heartbeat: a long batch of
-        slow mail is progress, not a hang)."""
+        slow mail is progress, not a hang). `fence` (lease, holder, token): several daemons share the
+        database, and the batch commits only if this one still holds the mailbox's lease."""
         todo = [it for it in items if it.spool_rel is None and not self._known(it)]
         for it, ref in zip(todo, self.spool.write_many([it.raw for it in todo]), strict=True):
             it.spool_rel = ref
         results: list[Result] = []
         now = self.clock.now()
         with self.store.batch():
+            if fence is not None:
+                self.store.fence(*fence)
             self._open_counts = self.store.open_counts()
             self._touched = set()
             self.outbox.begin()
@@ -248,14 +252,18 @@ class Pipeline:
 
     _timers: Timers | None = None
 
-    def run_timers(self, now: datetime, tids: list[str] | None = None) -> list[TimerResult]:
+    def run_timers(self, now: datetime, tids: list[str] | None = None,
+                   fence: tuple[str, str, int] | None = None) -> list[TimerResult]:
         """Apply what time has made due, for `tids` (the tickets a batch changed) or for every ticket
         whose wake-up time has come; each ticket in its own savepoint, inside the current batch (or a
-        new one). Every ticket looked at gets its next wake-up time."""
+        new one). Every ticket looked at gets its next wake-up time. `fence`: as in `process` (the
+        scheduler's lease)."""
         out: list[TimerResult] = []
         if not self.clocks_on:
             return out
         with self.store.batch():
+            if fence is not None:
+                self.store.fence(*fence)
             pairs = [(tid, t) for tid in (self.store.due_tickets(now) if tids is None else tids)
                      if (t := self.store.ticket(tid)) is not None]
             cached = {tid: c for tid, (at, c) in self._clocks.items() if at == now}

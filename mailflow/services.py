@@ -43,10 +43,24 @@ class PassReport:
     timers: int = 0
 
 
+def join_cluster(store: StoreAPI, cfg, *, greedy: bool = False, info: dict | None = None):
+    """PostgreSQL: this process's `cluster.Leases`, started (its own lease taken, a first share of
+    mailboxes and perhaps the scheduler); None on TinyDB (one daemon per data directory)."""
+    if store.backend == "tinydb":
+        return None
+    from mailflow.cluster import Leases
+
+    leases = Leases(store, [mb.name for mb in cfg.mailboxes], cfg.pg.lease_seconds, greedy=greedy, info=info)
+    leases.start()
+    return leases
+
+
 def run_once(rt: Runtime, echo: Echo, err: Echo) -> PassReport:
     """One pass: every mailbox's pending mail, the outbox sent alongside by the daemon's own sender
     thread (rows become visible to it only once their batch is committed), then a last flush of
-    everything still due, then housekeeping."""
+    everything still due, then housekeeping. On PostgreSQL with daemons running it does only what
+    no daemon holds a lease for (mailboxes, the scheduler), and sends only the rows it claims."""
+    from mailflow.cluster import SCHEDULER
     from mailflow.daemon import Sender
     from mailflow.fetch import FetchError
     from mailflow.mailboxes import MailboxWorker
@@ -55,20 +69,31 @@ def run_once(rt: Runtime, echo: Echo, err: Echo) -> PassReport:
     p = rt.pipeline
     lock = process_lock(p.store)
     if lock is None:
-        where = p.store.dir if p.store.backend == "tinydb" else "the database"
-        err(f"a mailflow daemon is running on {where}; it already does what --once would")
+        err(f"a mailflow daemon is running on {p.store.dir}; it already does what --once would")
         rep.exit = EXIT_BUSY
         return rep
+    leases = join_cluster(p.store, rt.cfg, greedy=True, info={"mode": "run --once"})
     try:
+        mine = [mb for mb in rt.cfg.mailboxes if leases is None or leases.holds(f"mailbox:{mb.name}")]
+        scheduler = leases is None or leases.holds(SCHEDULER)
+        if leases is not None and rt.cfg.mailboxes and not mine:
+            err("a mailflow daemon is running on the database and works every mailbox; it already does "
+                "what --once would")
+            rep.exit = EXIT_BUSY
+            return rep
+        for mb in rt.cfg.mailboxes:
+            if mb not in mine:
+                echo(f"{mb.name}: skipped, another daemon works it (`mailflow status` shows which)")
         smtp_timeout = max([s.timeout for s in [rt.cfg.smtp, *(m.smtp for m in rt.cfg.mailboxes)] if s] or [30.0])
         with p.store.mutex:
             p.outbox.fold_journal()  # results of a flush that a crash cut short
+        p.outbox.claimer = None if leases is None else leases.me
         sender = Sender(p.outbox, p.store.mutex, lambda: smtp_timeout, interval=0.5)
         sender.next_housekeeping = float("inf")  # once, below, after the last flush
         sender.start()
         try:
-            for mb in rt.cfg.mailboxes:
-                w = MailboxWorker(mb, p)
+            for mb in mine:
+                w = MailboxWorker(mb, p, leases)
                 try:
                     s = w.poll()
                     sender.wake()
@@ -82,7 +107,8 @@ def run_once(rt: Runtime, echo: Echo, err: Echo) -> PassReport:
                     rep.exit = EXIT_UNREACHABLE
                 finally:
                     w.close()
-            rep.timers = timers_pass(rt)  # after intake, as the daemon's scheduler would
+            if scheduler:
+                rep.timers = timers_pass(rt, None if leases is None else leases.fence(SCHEDULER))
             if rep.timers:
                 echo(f"timers: {rep.timers} ticket(s) or report(s) with reminders, escalations, auto-close "
                      "or scheduled mail")
@@ -95,7 +121,8 @@ def run_once(rt: Runtime, echo: Echo, err: Echo) -> PassReport:
         if sender.smtp_state == "retrying":
             err(f"smtp: not reachable, {st.queued} mail(s) stay queued (`mailflow outbox list` shows why)")
             rep.exit = EXIT_UNREACHABLE
-        rep.archived, rep.pruned = housekeeping(rt)
+        if scheduler:
+            rep.archived, rep.pruned = housekeeping(rt)
         if rep.archived or rep.pruned:
             echo(f"housekeeping: {rep.archived} closed tickets archived, {rep.pruned} sent rows pruned")
         line = f"outbox: {st.sent} sent, {st.temp} temporary failures, {st.perm} failed, {st.queued} queued"
@@ -104,28 +131,36 @@ def run_once(rt: Runtime, echo: Echo, err: Echo) -> PassReport:
         echo(line)
         return rep
     finally:
+        if leases is not None:
+            p.outbox.release_claims()
+            leases.stop()
         lock.close()
 
 
+class _NoLock:
+    def close(self) -> None:
+        pass
+
+
 def process_lock(store: StoreAPI):
-    """One daemon (or `run --once`) at a time; None if another holds it. TinyDB: the data directory
-    (`lock_process`). PostgreSQL: the database (`PgStore.daemon_lock`, a session advisory lock the
-    server frees when the process dies), until mailbox leases and outbox claims let several
-    daemons share it."""
+    """One daemon (or `run --once`) per TinyDB data directory (`lock_process`); None if another
+    holds it. PostgreSQL: nothing to hold, several daemons share the database through leases
+    (mailflow/cluster.py)."""
     if store.backend != "tinydb":
-        return store.daemon_lock()
+        return _NoLock()
     from mailflow.store import lock_process
 
     return lock_process(store.dir)
 
 
-def timers_pass(rt: Runtime) -> int:
+def timers_pass(rt: Runtime, fence: tuple[str, str, int] | None = None) -> int:
     """Everything time has made due (reminders, escalations, customer updates, auto-close, scheduled
-    reports), as of the runtime's clock; returns how many tickets and reports had something fire."""
+    reports), as of the runtime's clock; returns how many tickets and reports had something fire.
+    `fence`: the scheduler's lease (several daemons), checked in the timers' batch."""
     from mailflow import report_mail
 
     now = rt.clock.now()
-    res = rt.pipeline.run_timers(now)
+    res = rt.pipeline.run_timers(now, fence=fence)
     reports = report_mail.send_due(rt.store, rt.pipeline.outbox, rt.cfg, now)
     return sum(1 for r in res if r.fired or r.plan.route == "auto_close") + len(reports)
 
@@ -222,6 +257,7 @@ def status(cfg, store: StoreAPI) -> dict:
         "quarantine": sum(q.get("status") == "held" for q in store.quarantined()),
         "outbox_last_error": store.outbox_last_error(),
         "daemon": daemon_status(store.dir) if store.backend == "tinydb" else store.daemons(),
+        **({} if store.backend == "tinydb" else {"leases": [x for x in store.leases() if x["live"]]}),
     }
 
 

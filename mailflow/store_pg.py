@@ -45,18 +45,6 @@ log = logging.getLogger("mailflow.store_pg")
 _RETRY = (pgerr.DeadlockDetected, pgerr.SerializationFailure, pgerr.LockNotAvailable, psycopg.OperationalError)
 
 
-DAEMON_LOCK = 0x6D61696C666C6F78  # the advisory lock `daemon_lock` holds (pg_schema.LOCK_KEY + 1)
-
-
-class _DaemonLock:
-    def __init__(self, conn: psycopg.Connection):
-        self.conn = conn
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.conn.close()
-
-
 def _j(v: Any) -> Jsonb:
     return Jsonb(v, dumps=lambda o: json.dumps(o, ensure_ascii=False, separators=(",", ":")))
 
@@ -90,6 +78,15 @@ class PgJournal:
     def read(self) -> dict[str, dict]:
         out: dict[str, dict] = {}
         for k, doc in self.s._q("SELECT k, doc FROM outbox_results ORDER BY k"):
+            out[doc["row"]] = {**doc, "_k": k}
+        return out
+
+    def take(self) -> dict[str, dict]:
+        """Inside the fold's batch: remove and return every result (DELETE ... RETURNING). Two
+        daemons folding at once never fold one result twice: the second waits for the first's
+        rows, finds them gone and skips them."""
+        out: dict[str, dict] = {}
+        for k, doc in sorted(self.s._x("DELETE FROM outbox_results RETURNING k, doc").fetchall()):
             out[doc["row"]] = {**doc, "_k": k}
         return out
 
@@ -255,8 +252,9 @@ class PgStore:
         """Nothing to reload: every read sees what other daemons committed."""
 
     def fence(self, name: str, holder: str | None = None, token: int | None = None) -> None:
-        """Part 2's mailbox leases: abort unless `holder` still holds `name` with `token`. Without a
-        holder (no leases yet) there is nothing to check."""
+        """Abort the batch unless `holder` still holds lease `name` with `token`. The lease row stays
+        share-locked until the commit, so no other daemon can take the lease while this batch may
+        still commit (its `lease_acquire` waits for the commit). Without a holder: nothing to check."""
         self._require_batch()
         if holder is None:
             return
@@ -519,7 +517,7 @@ class PgStore:
     def update_outbox(self, k: str, fields: dict) -> None:
         self._x("UPDATE outbox SET doc = doc || %s::jsonb WHERE k = %s", (_j(fields), int(k)))
         self._x("UPDATE outbox SET status = doc->>'status', next_attempt_at = doc->>'next_attempt_at', "
-                "sent_at = doc->>'sent_at' WHERE k = %s", (int(k),))
+                "sent_at = doc->>'sent_at', claimed_by = NULL, claim_until = NULL WHERE k = %s", (int(k),))
 
     def remove_outbox(self, keys: list[str]) -> None:
         ks = [int(k) for k in keys]
@@ -793,15 +791,92 @@ class PgStore:
                 "all": [{"id": r[0], "host": r[1], "pid": r[2], "seen_at": r[3].isoformat(timespec="seconds"),
                          "running": r[5]} for r in rows]}
 
-    def daemon_lock(self) -> _DaemonLock | None:
-        """One daemon per database for now (two would both fetch a mailbox's new mail and both
-        send a queued row): a session advisory lock on a connection of its own, freed by the server
-        when the process dies. None if another process holds it. Part 2 replaces it with leases."""
-        c = psycopg.connect(self._conninfo, autocommit=True)
-        if c.execute("SELECT pg_try_advisory_lock(%s)", (DAEMON_LOCK,)).fetchone()[0]:
-            return _DaemonLock(c)
-        c.close()
-        return None
+    # ---- cluster: leases and outbox claims (mailflow/cluster.py) ---------------------------------
+    # Lease expiry is the database server's clock (now()), so daemons on hosts whose clocks differ
+    # agree on it. A lease row is never deleted: its token only grows, so a batch fenced with an
+    # old token can never commit after the lease moved on.
+
+    def _auto(self, sql: str, args: Any = None) -> list[tuple]:
+        """One statement in its own (autocommit) transaction, never in the caller's batch."""
+        try:
+            with self.pool.connection() as c, c.cursor() as cur:
+                cur.execute(sql, args)
+                return cur.fetchall() if cur.description else []
+        except psycopg.Error as e:
+            raise StoreError(f"database: {_why(e)}") from e
+
+    def lease_acquire(self, name: str, holder: str, seconds: float, info: dict | None = None) -> int | None:
+        """Take `name` if nobody holds it (or its holder let it expire): its new fencing token, else
+        None. A lease row that a batch has fenced (share-locked) is skipped, never waited for."""
+        rows = self._auto("INSERT INTO leases (name, holder, token, acquired_at, expires_at, info) VALUES "
+                          "(%s, %s, 1, now(), now() + make_interval(secs => %s), %s) ON CONFLICT (name) DO NOTHING "
+                          "RETURNING token", (name, holder, float(seconds), _j(info or {})))
+        if not rows:
+            rows = self._auto(
+                "UPDATE leases SET holder = %s, token = token + 1, acquired_at = now(), expires_at = now() + "
+                "make_interval(secs => %s), info = %s WHERE name IN (SELECT name FROM leases WHERE name = %s AND "
+                "expires_at <= now() FOR UPDATE SKIP LOCKED) RETURNING token",
+                (holder, float(seconds), _j(info or {}), name))
+        return int(rows[0][0]) if rows else None
+
+    def lease_renew(self, held: Mapping[str, int], holder: str, seconds: float,
+                    daemon_less: float = 0.0) -> tuple[set[str], set[str]]:
+        """Extend every lease in `held` (name -> token) that is still ours by `seconds` (a `daemon:`
+        lease by `daemon_less` less): (renewed, still ours but not renewed this time because a batch
+        of ours has it fenced). A name in neither is lost."""
+        if not held:
+            return set(), set()
+        names = list(held)
+        tokens = [int(held[n]) for n in names]
+        renewed = {r[0] for r in self._auto(
+            "UPDATE leases l SET expires_at = now() + make_interval(secs => %s - CASE WHEN l.name LIKE "
+            "'daemon:%%' THEN %s ELSE 0 END) FROM unnest(%s::text[], %s::bigint[]) AS h(name, token) WHERE "
+            "l.name = h.name AND l.token = h.token AND l.holder = %s AND l.expires_at > now() AND l.name IN "
+            "(SELECT name FROM leases WHERE name = ANY(%s) FOR NO KEY UPDATE SKIP LOCKED) RETURNING l.name",
+            (float(seconds), float(daemon_less), names, tokens, holder, names))}
+        rest = [n for n in names if n not in renewed]
+        kept = {r[0] for r in self._q(
+            "SELECT l.name FROM leases l JOIN unnest(%s::text[], %s::bigint[]) AS h(name, token) ON "
+            "l.name = h.name AND l.token = h.token WHERE l.holder = %s AND l.expires_at > now()",
+            (rest, [int(held[n]) for n in rest], holder))} if rest else set()
+        return renewed, kept
+
+    def lease_release(self, name: str, holder: str, token: int) -> None:
+        """Let `name` go now (another daemon may take it at once)."""
+        self._auto("UPDATE leases SET expires_at = now() WHERE name = %s AND holder = %s AND token = %s "
+                   "AND expires_at > now()", (name, holder, int(token)))
+
+    def leases(self) -> list[dict]:
+        """Every lease: who holds it (or held it last), its token and whether it is still live."""
+        return [{"name": r[0], "holder": r[1], "token": r[2], "acquired_at": r[3].isoformat(timespec="seconds"),
+                 "expires_at": r[4].isoformat(timespec="seconds"), "live": r[5], "info": r[6] or {}}
+                for r in self._q("SELECT name, holder, token, acquired_at, expires_at, expires_at > now(), info "
+                                 "FROM leases ORDER BY name")]
+
+    def live_daemons(self) -> list[str]:
+        """The daemons whose own lease (`daemon:ID`) is live, oldest first."""
+        return [r[0] for r in self._q("SELECT holder FROM leases WHERE name LIKE 'daemon:%%' AND "
+                                      "expires_at > now() ORDER BY acquired_at, holder")]
+
+    def claim_outbox(self, now_iso: str, holder: str, limit: int, seconds: float) -> list[tuple[str, dict]]:
+        """Claim up to `limit` due rows for `holder` (`FOR UPDATE SKIP LOCKED`: two senders never
+        claim the same row). A row is free when unclaimed, claimed by `holder` itself, its claim ran
+        out, or its claimer's daemon lease is gone (it died: its rows are sent by whoever is left);
+        a row with a sender's result not yet folded is never claimed again."""
+        rows = self._auto(
+            "UPDATE outbox o SET claimed_by = %(me)s, claim_until = now() + make_interval(secs => %(secs)s) "
+            "WHERE o.k IN (SELECT q.k FROM outbox q WHERE q.status = 'queued' AND "
+            "coalesce(q.next_attempt_at, '') <= %(now)s AND (q.claimed_by IS NULL OR q.claimed_by = %(me)s "
+            "OR q.claim_until < now() OR NOT EXISTS (SELECT 1 FROM leases l WHERE l.name = 'daemon:' || "
+            "q.claimed_by AND l.expires_at > now())) AND NOT EXISTS (SELECT 1 FROM outbox_results r "
+            "WHERE r.row_k = q.k) ORDER BY q.k LIMIT %(n)s FOR UPDATE OF q SKIP LOCKED) RETURNING o.k, o.doc",
+            {"me": holder, "secs": float(seconds), "now": now_iso, "n": int(limit)})
+        return sorted(((str(k), d) for k, d in rows), key=lambda kd: int(kd[0]))
+
+    def release_claims(self, holder: str) -> int:
+        """Give back the rows `holder` claimed but did not send (a stopping daemon)."""
+        return len(self._auto("UPDATE outbox SET claimed_by = NULL, claim_until = NULL WHERE claimed_by = %s "
+                              "AND status = 'queued' RETURNING k", (holder,)))
 
     # ---- `mailflow check` -------------------------------------------------------------------------
 

@@ -173,18 +173,23 @@ def test_an_aborted_batch_commits_nothing_and_the_retry_makes_each_ticket_once(t
     rt.store.close()
 
 
-def test_run_once_exits_1_while_a_daemon_holds_the_database(tmp_path, pg_dsn):
+def test_run_once_leaves_alone_what_a_daemon_holds(tmp_path, pg_dsn):
+    """No database lock: `run --once` takes what no daemon holds a lease on (mailflow/cluster.py) and
+    refuses (exit 1) only when daemons work every mailbox."""
     from mailflow import config
-    from mailflow.services import process_lock
     from mailflow.storeapi import open_store
 
     cfg = _cfg(tmp_path, pg_dsn)
+    cfg.write_text(cfg.read_text() + '[[mailbox]]\nname = "m1"\nhost = "127.0.0.1"\nport = 1\ntls = "none"\n'
+                   'user = "m1"\npassword = "x"\ntimeout = 2\n', encoding="utf-8")
     s = open_store(config.load(str(cfg)))
-    lock = process_lock(s)
     try:
+        assert s.lease_acquire("daemon:other", "other", 60) and s.lease_acquire("mailbox:m1", "other", 60)
         r = mailflow(cfg, "run", "--once", check=False)
-        assert r.returncode == 1 and "running on the database" in r.stderr
+        assert r.returncode == 1 and "works every mailbox" in r.stderr, r.stderr
+        s.lease_release("mailbox:m1", "other", 1)
+        r = mailflow(cfg, "run", "--once", check=False)  # now it is ours to try (nothing listens)
+        assert r.returncode == 3 and "m1" in r.stderr, r.stderr
+        assert {x["name"] for x in s.leases() if x["live"]} == {"daemon:other"}  # it gave its own back
     finally:
-        lock.close()
         s.close()
-    assert mailflow(cfg, "run", "--once").returncode == 0

@@ -570,17 +570,77 @@ def test_retention_forgets_old_archived_tickets(store, cfg):
     assert store.get_meta("retention:log")[-1]["tickets"] == 1
 
 
-def test_pg_one_daemon_per_database_until_leases(pg_cfg):
-    from mailflow.services import process_lock
+def test_pg_leases_tokens_grow_and_a_fenced_batch_blocks_the_takeover(pg_cfg):
+    """A lease is taken only when free, renewed only by its holder with its token, and a batch
+    fenced on it keeps every other daemon from taking it until the commit (mailflow/cluster.py)."""
+    import time
+
+    from mailflow.storeapi import BatchAborted
 
     a, b = open_store(pg_cfg), open_store(pg_cfg)
     try:
-        la = process_lock(a)
-        assert la is not None and process_lock(b) is None
-        la.close()
-        lb = process_lock(b)
-        assert lb is not None
-        lb.close()
+        t1 = a.lease_acquire("mailbox:x", "A", 0.5)
+        assert t1 == 1 and b.lease_acquire("mailbox:x", "B", 30) is None
+        assert a.lease_renew({"mailbox:x": t1}, "A", 0.5) == ({"mailbox:x"}, set())
+        assert b.lease_renew({"mailbox:x": t1}, "B", 30) == (set(), set())  # not B's
+        time.sleep(0.7)
+        t2 = b.lease_acquire("mailbox:x", "B", 30)
+        assert t2 == 2  # expired: B takes it, with a new token
+        assert a.lease_renew({"mailbox:x": t1}, "A", 30) == (set(), set())  # A learns it is lost
+        with pytest.raises(BatchAborted, match="lease mailbox:x lost"), a.batch():
+            a.fence("mailbox:x", "A", t1)
+        b.lease_release("mailbox:x", "B", t2)
+        with b.batch():
+            b.set_checkpoint("x", n=1)
+        t3 = a.lease_acquire("mailbox:x", "A", 30)
+        assert t3 == 3
+        with a.batch():
+            a.fence("mailbox:x", "A", t3)
+            assert b.lease_acquire("mailbox:x", "B", 30) is None  # fenced: skipped, never waited for
+            assert b.lease_renew({"mailbox:x": t3}, "A", 30) == (set(), {"mailbox:x"})  # ours, locked
+        assert {x["name"]: (x["holder"], x["token"], x["live"]) for x in b.leases()} == {"mailbox:x": ("A", 3, True)}
+    finally:
+        a.close()
+        b.close()
+
+
+def test_pg_outbox_claims_never_overlap_and_a_dead_claimer_frees_its_rows(pg_cfg):
+    """Two senders claim disjoint rows; a row whose claimer's daemon lease is gone (it died) is
+    free again; a row with a result not yet folded is never claimed; two folds never apply one
+    result twice."""
+    a, b = open_store(pg_cfg), open_store(pg_cfg)
+    try:
+        with a.batch():
+            keys = [a.add_outbox({"ticket_id": "T", "status": "queued", "to": ["x@y.example"], "attempts": 0,
+                                  "next_attempt_at": "2026-11-23T00:00:00Z", "created_at": "2026-11-23T00:00:00Z"},
+                                 b"mail") for _ in range(10)]
+        assert a.lease_acquire("daemon:A", "A", 30) and b.lease_acquire("daemon:B", "B", 30)
+        now = "2026-11-24T00:00:00Z"
+        ca = [k for k, _r in a.claim_outbox(now, "A", 6, 3600)]
+        cb = [k for k, _r in b.claim_outbox(now, "B", 6, 3600)]
+        assert len(ca) == 6 and len(cb) == 4 and not set(ca) & set(cb)
+        assert b.claim_outbox(now, "B", 6, 3600) == [(k, r) for k, r in b.claim_outbox(now, "B", 6, 3600)]
+        a.outbox_journal().append([{"row": ca[0], "status": "sent", "at": now, "detail": "250 ok"}])
+        a.lease_release("daemon:A", "A", 1)  # A is gone: its unsent claims are free, its result is not
+        again = {k for k, _r in b.claim_outbox(now, "B", 20, 3600)}
+        assert again == (set(ca) - {ca[0]}) | set(cb)
+        import threading
+
+        other: list[dict] = []
+
+        def fold_b() -> None:
+            with b.batch():
+                other.append(b.outbox_journal().take())
+
+        with a.batch():
+            taken = a.outbox_journal().take()
+            t = threading.Thread(target=fold_b)
+            t.start()  # another daemon folding at the same moment waits for this commit ...
+            t.join(0.5)
+            assert t.is_alive()
+        t.join(10)
+        assert list(taken) == [ca[0]] and other == [{}]  # ... and finds nothing left to fold
+        assert b.release_claims("B") == 9
     finally:
         a.close()
         b.close()
