@@ -16,12 +16,12 @@ query is an index lookup:
 - messages: message_id (threading, idempotency), ticket_id (a ticket's conversation), hash,
   direction, mailbox (UIDVALIDITY resync), archived (its ticket's flag, so hot queries skip history);
 - outbox: status + next_attempt_at (the sender's due query), ticket_id, the mail's bytes (`data`),
-  and claimed_by / claim_until for part 2's `FOR UPDATE SKIP LOCKED` claims; outbox_results is the
+  and claimed_by / claim_until for the senders' `FOR UPDATE SKIP LOCKED` claims; outbox_results is the
   sender's journal (one row per result, folded into outbox by any daemon);
 - seen, meta, quarantine; serials: one counter row per (prefix, day), bumped with RETURNING in
-  the batch that creates the ticket; checkpoints: one row per mailbox (with the lease holder and
-  token that fenced its last update); leases and daemons: for part 2 (mailbox leases with expiry
-  and fencing tokens, who runs where).
+  the batch that creates the ticket; checkpoints: one row per mailbox; leases: mailbox, scheduler
+  and daemon leases with expiry and fencing tokens (mailflow/cluster.py); daemons: each daemon's
+  last status report (`mailflow status`).
 
 Times are ISO 8601 UTC strings as everywhere in mailflow, compared as strings: their columns (and
 ticket ids) are `COLLATE "C"`, so ranges and orders are byte orders whatever the database's locale.
@@ -40,7 +40,7 @@ import psycopg
 LOCK_KEY = 0x6D61696C666C6F77  # "mailflow": the advisory lock `upgrade` holds
 
 MIGRATIONS: list[str] = [
-    # 1: everything the store needs, and room for cluster operation (part 2)
+    # 1: everything the store needs, cluster operation included
     """
     CREATE TABLE tickets (
         id text COLLATE "C" PRIMARY KEY,

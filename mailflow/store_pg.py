@@ -568,6 +568,9 @@ class PgStore:
                        "doc->>'file'", (iso(now - timedelta(days=sent_days)) or "",)).fetchall()
         if gone:
             self._x("DELETE FROM outbox_results WHERE row_k = ANY(%s)", ([k for k, _f in gone],))
+        # every start of a daemon leaves a status row and a daemon lease: keep a week of them
+        self._x("DELETE FROM daemons WHERE seen_at < now() - interval '7 days'")
+        self._x("DELETE FROM leases WHERE name LIKE 'daemon:%%' AND expires_at < now() - interval '7 days'")
         return [f for _k, f in gone if f and f != "db"]
 
     def archive(self, older_than_days: float = 3.0, now: datetime | None = None, cfg: Any = None) -> int:

@@ -6,7 +6,8 @@ embedded default) and `mailflow.store_pg.PgStore` (PostgreSQL, several daemons m
 their internals. The TinyDB behaviour is the spec; each contract is stated on its method.
 
 Backend-specific calls, made only after checking `store.backend` (they have no TinyDB meaning):
-`PgStore.daemon_lock()` (one daemon per database until part 2's leases), `write_daemon_status()` /
+the cluster calls of mailflow/cluster.py (`lease_acquire()` / `lease_renew()` / `lease_release()` /
+`leases()` / `live_daemons()`, `claim_outbox()` / `release_claims()`, the journal's `take()`), `write_daemon_status()` /
 `daemons()` (what `status` shows; TinyDB writes `daemon-status.json`), `forget_archived()`
 (retention), `docs_mentioning()` / `put_doc()` / `outbox_mail_items()` / `set_outbox_data()` /
 `spool_refs()` / `drop_seen_mentioning()` / `meta_items()` / `drop_meta()` (privacy erase and
@@ -68,7 +69,7 @@ class StoreAPI(Protocol):
 
     def fence(self, name: str, holder: str | None = None, token: int | None = None) -> None:
         """Inside a batch: raise BatchAborted unless `holder` still holds lease `name` with
-        `token` (part 2's mailbox leases; TinyDB's data-directory lock is its fence: no-op)."""
+        `token` (mailflow/cluster.py's leases; TinyDB's data-directory lock is its fence: no-op)."""
 
     def change_stamp(self) -> Any:
         """Something that changes whenever a commit happened (for cached counts); None: unknown."""

@@ -554,10 +554,10 @@ def test_worker_heartbeat_while_idle_and_when_wedged(tmp_path, dovecot_server, m
     release = threading.Event()
     real = pipe.process
 
-    def process(items, checkpoint=None, beat=None):
+    def process(items, **kw):
         if any(it.mailbox == b for it in items):
             release.wait(30)  # wedged in processing (a stuck rule engine, say)
-        return real(items, checkpoint=checkpoint, beat=beat)
+        return real(items, **kw)
 
     monkeypatch.setattr(pipe, "process", process)
     monkeypatch.setattr(mailboxes, "PROCESS_ALLOWANCE", 1.0)
