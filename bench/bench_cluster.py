@@ -130,7 +130,7 @@ class Run:
         self.work = Path(tempfile.mkdtemp(prefix="cluster-", dir=a.out))
         self.dv = Dovecot(self.work / "dovecot", users={})
         self.sink = TimedSink()
-        self.pg = Postgres()
+        self.pg = Postgres(extra_conf="shared_preload_libraries = 'pg_stat_statements'" if a.statements else "")
         self.n_users = 0
 
     def start(self) -> None:
@@ -144,6 +144,28 @@ class Run:
             with contextlib.suppress(Exception):
                 f()
         shutil.rmtree(self.work, ignore_errors=True)
+
+    def pg_pids(self) -> list[int]:
+        """Our cluster's postmaster and its children (not another PostgreSQL on the machine)."""
+        out = [self.pg.pid]
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == self.pg.pid:
+                        out.append(int(d.name))
+        return out
+
+    def statements(self, dsn: str, top: int = 15) -> None:
+        """The statements that took the server's time in this run (pg_stat_statements)."""
+        import psycopg
+
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            rows = c.execute("SELECT calls, total_exec_time, rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 150) "
+                             "FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = "
+                             "current_database()) ORDER BY total_exec_time DESC LIMIT %s", (top,)).fetchall()
+        for calls, ms, n, q in rows:
+            print(f"  {ms:9.0f} ms {calls:7d} calls {n:8d} rows  {q}", file=sys.stderr)
 
     def _users(self) -> list[str]:
         out = []
@@ -175,7 +197,7 @@ class Run:
                 time.sleep(0.2)
             else:
                 raise RuntimeError(f"leases did not settle: {holders(dsn)}")
-            pg_pids, dv_pids = pids_named("postgres"), pids_named("dovecot", "imap", "imap-login")
+            pg_pids, dv_pids = self.pg_pids(), pids_named("dovecot", "imap", "imap-login")
             mf_pids = [p.pid for p in procs]
             c0 = (cpu_of(mf_pids), cpu_of(pg_pids), cpu_of(dv_pids))
             t0 = time.monotonic()
@@ -187,14 +209,14 @@ class Run:
                 finally:
                     c.logout()
             deadline = t0 + 900
-            while time.monotonic() < deadline:
-                if count(dsn) >= self.expected and self.sink.count() >= self.acks:
+            while time.monotonic() < deadline:  # the sink first: counting tickets costs the server
+                if self.sink.count() >= self.acks and count(dsn) >= self.expected:
                     break
                 time.sleep(0.05)
             else:
                 raise RuntimeError(f"run {i}: {count(dsn)} of {self.expected} tickets, {self.sink.count()} acks")
             wall = time.monotonic() - t0
-            c1 = (cpu_of(mf_pids), cpu_of(pids_named("postgres")), cpu_of(pids_named("dovecot", "imap", "imap-login")))
+            c1 = (cpu_of(mf_pids), cpu_of(self.pg_pids()), cpu_of(pids_named("dovecot", "imap", "imap-login")))
             rss = [int(line.split()[1]) for p in mf_pids for line in Path(f"/proc/{p}/status").read_text().splitlines()
                    if line.startswith("VmHWM:")]
         finally:
@@ -205,6 +227,8 @@ class Run:
                     p.wait(60)
                 except subprocess.TimeoutExpired:
                     p.kill()
+        if self.a.statements:
+            self.statements(dsn)
         return {"daemons": daemons, "wall": wall, "msgs": self.a.n, "msg_s": self.a.n / wall,
                 "tickets": count(dsn), "cpu_mailflow": used(c0[0], c1[0]), "cpu_pg": used(c0[1], c1[1]),
                 "cpu_dovecot": used(c0[2], c1[2]), "rss_mb": max(rss) / 1024 if rss else 0}
@@ -216,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="runs of each (interleaved)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out")
+    ap.add_argument("--statements", action="store_true",
+                    help="print the statements that took the database's time in each run (pg_stat_statements)")
     a = ap.parse_args(argv)
     r = Run(a)
     r.start()

@@ -649,8 +649,8 @@ def _storage_backend(r: _Reader, t: dict, cfg: Config) -> None:
             r.err("storage.dsn", 'required with backend = "postgresql" (e.g. "postgresql://mailflow@db.example/mailflow")')
         elif not pg.dsn.startswith(("postgresql://", "postgres://")) and "=" not in pg.dsn:
             r.err("storage.dsn", f"not a PostgreSQL connection string: {pg.dsn!r}")
-        if not 1 <= pg.pool_size <= 100:
-            r.err("storage.pool_size", f"must be 1 to 100, not {pg.pool_size}")
+        if not 2 <= pg.pool_size <= 100:  # a batch holds one; serials and leases need another
+            r.err("storage.pool_size", f"must be 2 to 100, not {pg.pool_size}")
         if not 2 <= pg.lease_seconds <= 600:
             r.err("storage.lease_seconds", f"must be 2 to 600 seconds, not {pg.lease_seconds:g}")
     elif pg.dsn:

@@ -129,6 +129,7 @@ class PgStore:
         self._live: dict[str, dict] = {}  # tickets read in this batch (locked), by id
         self._dirty: dict[str, bool] = {}  # live tickets changed since written (-> wake_at was set)
         self._sp = 0
+        self._serials: list[tuple[str, str, int]] = []  # allocated in the running batch
         if check_schema:
             with self.pool.connection() as c:
                 pg_schema.check(c)
@@ -198,7 +199,7 @@ class PgStore:
             try:
                 conn.execute("BEGIN")
                 self._conn, self._owner, self._depth, self._live = conn, threading.get_ident(), 1, {}
-                self._dirty = {}
+                self._dirty, self._serials = {}, []
                 try:
                     yield self
                     self._flush()
@@ -218,6 +219,8 @@ class PgStore:
                     if not ok:
                         with contextlib.suppress(Exception):
                             conn.execute("ROLLBACK")
+                        self._give_back_serials()
+                    self._serials = []
             except _RETRY as e:
                 raise BatchAborted(f"database: {_why(e)}") from e
             finally:
@@ -231,6 +234,7 @@ class PgStore:
         self._flush()  # what the savepoint goes back to is what is written
         self._x(f"SAVEPOINT {name}")
         live_before = {k: dict(v) for k, v in self._live.items()}
+        serials_before = len(self._serials)
         try:
             yield
         except BatchAborted:
@@ -240,6 +244,7 @@ class PgStore:
                 self._conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
             except _RETRY as e:
                 raise BatchAborted(f"database: {_why(e)}") from e
+            self._give_back_serials(serials_before)
             # the live documents go back to what they were (as TinyDB's savepoint restores them)
             self._live, self._dirty = {}, {}
             for tid, doc in live_before.items():
@@ -281,28 +286,51 @@ class PgStore:
 
     def set_meta(self, key: str, value: Any) -> None:
         self._require_batch()
-        if key.startswith("serial:"):  # allocated by peek_ticket_id in this batch already
+        if key.startswith("serial:"):
             _s, prefix, day = key.split(":", 2)
-            self._x("INSERT INTO serials (prefix, day, n) VALUES (%s, %s, %s) ON CONFLICT (prefix, day) "
-                    "DO UPDATE SET n = greatest(serials.n, excluded.n)", (prefix, day, int(value)))
+            if any((p, d) == (prefix, day) and m >= int(value) for p, d, m in self._serials):
+                return  # allocated by peek_ticket_id in this batch already
+            # raised at once, outside the batch (the counter row is never locked until a commit:
+            # peek_ticket_id allocates from it in statements of their own); it only ever grows
+            self._auto("INSERT INTO serials (prefix, day, n) VALUES (%s, %s, %s) ON CONFLICT (prefix, day) "
+                       "DO UPDATE SET n = greatest(serials.n, excluded.n)", (prefix, day, int(value)))
             return
         self._x("INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = "
                 "excluded.value", (key, _j(value)))
 
     def peek_ticket_id(self, prefix: str, day: str) -> tuple[str, str, int]:
-        """In a batch the serial is allocated here (the counter row is bumped with RETURNING and
-        stays locked until the commit: unique across daemons; a rolled-back batch gives it back)."""
+        """In a batch the serial is allocated here, in a statement of its own: the counter row is
+        locked only for that statement, never until the batch commits, so daemons creating tickets
+        at once do not queue behind each other's batches. Unique across daemons; a batch that rolls
+        back gives its serials back when nobody allocated after it (one daemon: the ids stay dense;
+        a crash, or another daemon's ticket in between, leaves a number unused)."""
         key = f"serial:{prefix}:{day}"
         if not self._in_my_batch():
             n = (self.get_meta(key, 0) or 0) + 1
-        else:
-            n = self._x("INSERT INTO serials (prefix, day, n) VALUES (%s, %s, 1) ON CONFLICT (prefix, day) "
-                        "DO UPDATE SET n = serials.n + 1 RETURNING n", (prefix, day)).fetchone()[0]
+            while self._q1("SELECT 1 FROM tickets WHERE id = %s", (f"{prefix}{day}{n:04d}",)):
+                n += 1
+            return f"{prefix}{day}{n:04d}", key, n
+        n = self._auto("INSERT INTO serials (prefix, day, n) VALUES (%s, %s, 1) ON CONFLICT (prefix, day) "
+                       "DO UPDATE SET n = serials.n + 1 RETURNING n", (prefix, day))[0][0]
+        self._serials.append((prefix, day, n))
         while self._q1("SELECT 1 FROM tickets WHERE id = %s", (f"{prefix}{day}{n:04d}",)):
-            n += 1  # a ticket made before the counter existed (a migration): skip past it
-            if self._in_my_batch():
-                self._x("UPDATE serials SET n = %s WHERE prefix = %s AND day = %s", (n, prefix, day))
+            # a ticket made before the counter existed (a migration): skip past it
+            n = self._auto("UPDATE serials SET n = n + 1 WHERE prefix = %s AND day = %s RETURNING n",
+                           (prefix, day))[0][0]
+            self._serials.append((prefix, day, n))
         return f"{prefix}{day}{n:04d}", key, n
+
+    def _give_back_serials(self, since: int = 0) -> None:
+        """A rolled-back batch (or savepoint: the serials allocated after `since`): return them,
+        newest first, while each is still the top one."""
+        back, self._serials = self._serials[since:], self._serials[:since]
+        for prefix, day, n in sorted(back, key=lambda x: -x[2]):
+            try:
+                if not self._auto("UPDATE serials SET n = n - 1 WHERE prefix = %s AND day = %s AND n = %s "
+                                  "RETURNING n", (prefix, day, n)):
+                    continue  # someone allocated after us: this number stays unused
+            except StoreError:
+                return  # the database is away: the numbers stay unused
 
     def next_ticket_id(self, prefix: str, day: str) -> str:
         tid, key, n = self.peek_ticket_id(prefix, day)

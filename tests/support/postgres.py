@@ -55,7 +55,8 @@ def _ensure_user() -> tuple[int, int]:
 
 
 class Postgres:
-    def __init__(self, root: Path | None = None):
+    def __init__(self, root: Path | None = None, extra_conf: str = ""):
+        self.extra_conf = extra_conf  # more postgresql.conf lines (a benchmark's pg_stat_statements)
         self.root = Path(root or tempfile.mkdtemp(prefix="mfpg"))
         self.data = self.root / "data"
         self.sock = self.root / "sock"
@@ -89,7 +90,7 @@ class Postgres:
         with open(self.data / "postgresql.conf", "a") as f:
             f.write(f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = '{self.sock}'\n"
                     "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n"
-                    "shared_buffers = 64MB\nlog_min_messages = warning\ndeadlock_timeout = 200ms\n")
+                    "shared_buffers = 64MB\nlog_min_messages = warning\ndeadlock_timeout = 200ms\n" + self.extra_conf + "\n")
         with open(self.data / "pg_hba.conf", "w") as f:
             f.write("local all all trust\nhost all all 127.0.0.1/32 trust\n")
         r = self._run([find_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-t", "60",
