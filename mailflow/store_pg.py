@@ -45,6 +45,11 @@ log = logging.getLogger("mailflow.store_pg")
 _RETRY = (pgerr.DeadlockDetected, pgerr.SerializationFailure, pgerr.LockNotAvailable, psycopg.OperationalError)
 
 
+# meta keys written outside the batch: the round-robin position (routing.pick_assignee) is a hint,
+# last writer wins; a rolled-back batch may cost one assignee a turn, never a wrong assignment
+UNLOCKED_META = frozenset({"rr_state"})
+
+
 def _j(v: Any) -> Jsonb:
     return Jsonb(v, dumps=lambda o: json.dumps(o, ensure_ascii=False, separators=(",", ":")))
 
@@ -294,6 +299,12 @@ class PgStore:
             # peek_ticket_id allocates from it in statements of their own); it only ever grows
             self._auto("INSERT INTO serials (prefix, day, n) VALUES (%s, %s, %s) ON CONFLICT (prefix, day) "
                        "DO UPDATE SET n = greatest(serials.n, excluded.n)", (prefix, day, int(value)))
+            return
+        if key in UNLOCKED_META:
+            # a hint every new ticket moves: in its own statement, or the row lock held until the
+            # batch commits would queue every daemon's batches behind each other's
+            self._auto("INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = "
+                       "excluded.value WHERE meta.value IS DISTINCT FROM excluded.value", (key, _j(value)))
             return
         self._x("INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = "
                 "excluded.value", (key, _j(value)))
