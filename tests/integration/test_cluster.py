@@ -271,3 +271,31 @@ def test_failover_kill_9_two_daemons_1000_mails(tmp_path, pg_dsn, dovecot_server
     assert twice <= kills, sent.most_common(5)
     print(f"failover: {kills} kills, takeover {min(takeovers):.2f}-{max(takeovers):.2f}s, "
           f"{twice} mail(s) sent twice, {rows_n} outbox rows")
+
+
+def test_timers_fire_once_across_processes_that_run_at_the_same_moment(tmp_path, pg_dsn, dovecot_server,
+                                                                       smtp_sink, monkeypatch):
+    """Three `run --once` at the same `--now` on one database: whichever holds the scheduler lease
+    runs the timers, the others leave them (and the mailbox) alone: each reminder and escalation
+    reaches its recipient once."""
+    from tests.integration import helpers
+    from tests.integration.lifecycle_kit import Scenario
+
+    monkeypatch.setattr(helpers, "PG_DSN", pg_dsn)
+    sc = Scenario(tmp_path, dovecot_server, smtp_sink)
+    n = 12
+    for i in range(n):
+        sc.customer(f"t{i}@customer.example", f"系统报错 {i}", f"导出报表时一直报错，无法导出（第{i}次）。")
+    sc.run("2026-11-23T10:00+08:00")
+    assert len([t for t in sc.tickets() if t["priority"] == "high"]) == n
+    sc.mails()  # the acknowledgements and assignment mail
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    for now, template in (("2026-11-23T13:15+08:00", "sla_reminder"), ("2026-11-23T14:05+08:00", "escalation")):
+        ps = [subprocess.Popen([sys.executable, "-m", "mailflow", "--config", str(sc.cfg), "--now", now, "run",
+                                "--once"], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+              for _ in range(3)]
+        outs = [p.communicate(timeout=120)[0].decode() for p in ps]
+        assert all(p.returncode in (0, 1) for p in ps), outs
+        time.sleep(0.5)
+        got = Counter(str(m["X-Mailflow-Template"]) for m in sc.mails())
+        assert got == Counter({template: n}), (got, outs)
