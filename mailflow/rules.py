@@ -321,6 +321,16 @@ class _View:
             self._fold[name] = r
             return r
 
+    def groups(self, name: str) -> frozenset[int]:
+        """Ids of the prefilter groups (fragment sets) of which a fragment occurs in the field."""
+        key = "%" + name
+        try:
+            return self._fold[key]
+        except KeyError:
+            r = _FRAGMENTS.groups_found(self.prefolded(name) or "")
+            self._fold[key] = r
+            return r
+
     def fragments(self, name: str) -> frozenset[int]:
         """The prefilter fragments that occur in the field (one automaton pass per field and view)."""
         key = "#" + name
@@ -383,6 +393,10 @@ class _Leaf:
     key: tuple
     fn: Callable[[_View], bool]
     desc: str
+    # a `matches` leaf with a prefilter: (field, its prefilter as sets of group ids, the search alone).
+    # `_Stage.leaf_values` tests the prefilter with one subset test per alternative against the groups
+    # that occur in the field (`_View.groups`) and runs the search only when it is met; `fn` does both.
+    pf: tuple[str, tuple[frozenset[int], ...], Callable[[_View], bool]] | None = None
 
 
 def _eval_tree(node: tuple, view: _View, leaves: list[_Leaf]) -> bool:
@@ -551,6 +565,9 @@ class _FragmentIndex:
         self._lock = threading.Lock()
         self._built: tuple[Any, dict[str, frozenset[int]]] | None = None  # automaton, its recent answers
         self._fallback: dict[frozenset[int], re.Pattern] = {}
+        self._gids: dict[frozenset[int], int] = {}  # group (a registered fragment set) -> group id
+        self._frag_groups: dict[int, list[int]] = {}  # fragment id -> ids of the groups holding it
+        self._recent_groups: tuple[Any, dict[str, frozenset[int]]] = (None, {})
 
     def register(self, frags: set[str]) -> frozenset[int]:
         with self._lock:
@@ -561,6 +578,10 @@ class _FragmentIndex:
                     self._built = None
                 ids.append(self._ids[f])
             key = frozenset(ids)
+            if key not in self._gids:
+                gid = self._gids[key] = len(self._gids)
+                for i in key:
+                    self._frag_groups.setdefault(i, []).append(gid)
             if _ahocorasick is None and key not in self._fallback:
                 folded = sorted(frags, key=lambda f: (-len(f), f))
                 self._fallback[key] = re.compile("|".join(re.escape(f) for f in folded))
@@ -594,6 +615,30 @@ class _FragmentIndex:
             recent[text] = got
         return got
 
+    def group_alts(self, need: Need) -> tuple[frozenset[int], ...]:
+        """`need` as group ids: it is met when, for one alternative, all its groups occur."""
+        return tuple(frozenset(self._gids[g] for g in alt) for alt in need)
+
+    def groups_found(self, text: str) -> frozenset[int]:
+        """Ids of the groups of which a fragment occurs in `text` (already `_pf_fold`ed)."""
+        if not text:
+            return frozenset()
+        present = self.found(text)
+        auto, recent = self._recent_groups
+        if auto is not self._built:
+            auto, recent = self._recent_groups = (self._built, {})
+        got = recent.get(text)
+        if got is None:
+            hit: set[int] = set()
+            fg = self._frag_groups
+            for i in present:
+                hit.update(fg[i])
+            got = frozenset(hit)
+            if len(recent) >= 16:
+                recent.clear()
+            recent[text] = got
+        return got
+
     def _fallback_met(self, need: Need, text: str) -> bool:
         return any(all(self._fallback[g].search(text) is not None for g in alt) for alt in need)
 
@@ -619,6 +664,16 @@ except ImportError:  # pragma: no cover - the regex fallback gives the same answ
     _ahocorasick = None
 _FRAGMENTS = _FragmentIndex()
 _second = operator.itemgetter(1)
+
+
+def _search_fn(field: str, rx: Any) -> Callable[[_View], bool]:
+    """The search of a text `matches` leaf without its prefilter (the caller has tested it)."""
+    search = regexes.search
+
+    def text_search(v: _View) -> bool:
+        x = v.text(field)
+        return x is not None and search(rx, x)
+    return text_search
 
 
 def _make_leaf_fn(field: str, kind: str, op: str, value: Any) -> Callable[[_View], bool]:
@@ -675,9 +730,8 @@ def _make_leaf_fn(field: str, kind: str, op: str, value: Any) -> Callable[[_View
         return text_in
 
     if op == "matches":
-        # a `regex` pattern (time-bounded search, see regexes.py), its re flags, the parsed alternatives
-        rx, flags, trees = value
-        pf = _prefilter(rx.pattern, flags, trees)
+        # a `regex` pattern (time-bounded search, see regexes.py) and its prefilter (text fields only)
+        rx, pf = value
         search = regexes.search
         if kind == "list":
             def list_matches(v: _View) -> bool:
@@ -764,11 +818,12 @@ class _Compiler:
         self.problems.append(f"{self.fname}: {rule or self._rule}: {reason}")
 
     # leaves are shared by identical tests within a stage
-    def leaf(self, key: tuple, fn: Callable[[_View], bool], desc: str) -> tuple:
+    def leaf(self, key: tuple, fn: Callable[[_View], bool], desc: str,
+             pf: tuple[str, frozenset[int]] | None = None) -> tuple:
         i = self._leaf_index.get(key)
         if i is None:
             i = len(self.leaves)
-            self.leaves.append(_Leaf(key, fn, desc))
+            self.leaves.append(_Leaf(key, fn, desc, pf))
             self._leaf_index[key] = i
         return ("leaf", i)
 
@@ -956,8 +1011,11 @@ class _Compiler:
             except Exception as e:  # noqa: BLE001 - valid for re but not for the bounded engine
                 self.err(f"{path}: regex {pattern!r} is not supported: {e}")
                 return None
+            need = _prefilter(rx.pattern, flags, trees) if kind == "text" else None
+            quick = (field, _FRAGMENTS.group_alts(need), _search_fn(field, rx)) \
+                if need is not None and _ahocorasick is not None else None
             return self.leaf((field, "matches", pattern, case_sensitive),
-                             _make_leaf_fn(field, kind, op, (rx, flags, trees)), f"{field} matches {pattern!r}")
+                             _make_leaf_fn(field, kind, op, (rx, need)), f"{field} matches {pattern!r}", quick)
         if op == "contains":
             if kind not in ("text", "list"):
                 self.err(f"{path}: 'contains' works on text fields; '{field}' is {kind}")
@@ -1238,9 +1296,20 @@ class _Stage:
     def leaf_values(self, view: _View) -> list[bool]:
         values: list[bool] = []
         append = values.append
+        groups = view.groups
         try:
             for leaf in self.leaves:
-                append(bool(leaf.fn(view)))
+                pf = leaf.pf
+                if pf is None:
+                    append(bool(leaf.fn(view)))
+                    continue
+                hit = groups(pf[0])
+                for alt in pf[1]:
+                    if alt <= hit:  # the prefilter is met: the search decides
+                        append(bool(pf[2](view)))
+                        break
+                else:
+                    append(False)  # what leaf.fn returns when its prefilter is not met
         except Exception as e:
             raise self.leaf_error(len(values), e) from e
         return values
