@@ -149,6 +149,12 @@ is built around them:
   lost, and mailflow does not use engine timers (SLA timers live in the database), so our Host
   subclass does not start them. All facts use one fixed sid, get a unique id, and are retracted
   right after the evaluation (the session never accumulates facts).
+* **The engine's answers are remembered.** What the engine fires for a chunk's fact depends only on
+  the fact's booleans (facts match one at a time and are retracted), so each stage keeps
+  ``(chunk, booleans) -> fired rules`` from the engine (at most ``_ENGINE_MEMO_MAX`` entries, then
+  it starts over) and asserts only the facts whose booleans it has not seen. Mail repeats a few
+  hundred combinations: on the benchmark corpus 2,000 mails needed 195 engine facts instead of
+  14,000, which was half of the rules' cost per mail. An engine or action error is never remembered.
 * **Actions are tiny and never swallow errors.** An action only appends ``(fact id, rule index)``
   to a list; the decisions are the rule's precompiled actions. The engine swallows exceptions
   raised inside actions, so the action catches them itself and `evaluate` raises `RuleEvalError`
@@ -178,7 +184,7 @@ import re
 import threading
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -239,6 +245,7 @@ RULE_KEYS = ("name", "when", "then", "stop", "description", "anytime")
 _CHUNK_ALPHA_BUDGET = 60
 _RULE_EXPR_BUDGET = 40
 _SID = "0"
+_ENGINE_MEMO_MAX = 4096  # remembered engine answers per stage (0: ask the engine every time)
 
 
 class RuleError(ProblemsError):
@@ -1292,6 +1299,9 @@ class _Stage:
     rule_nnf: list[tuple]  # per rule, over chunk property names: ("lit", prop, pos) | ("and"/"or", ...)
     chunks: list[_Chunk]
     engine_name: str | None = None
+    # (chunk index, its fact's booleans) -> the rule indexes the engine fired for that fact (see
+    # `RuleSet.evaluate`); bounded by _ENGINE_MEMO_MAX, cleared when full
+    memo: dict[tuple, tuple[int, ...]] = field(default_factory=dict)
 
     def leaf_values(self, view: _View) -> list[bool]:
         values: list[bool] = []
@@ -1743,24 +1753,44 @@ class RuleSet:
         if not st.rules:
             return StageResult([], [])
         values = st.leaf_values(_View(facts))
+        memo = st.memo
+        fired_set: set[int] = set()
         engine_facts = []
-        for chunk in st.chunks:
+        asked: dict[int, tuple] = {}  # fact id -> its memo key
+        for ci, chunk in enumerate(st.chunks):
+            key = (ci, tuple([values[leaf] for _, leaf in chunk.props]))
+            known = memo.get(key)
+            if known is not None:
+                fired_set.update(known)
+                continue
             fact: dict[str, Any] = {"id": next(_fact_ids), "sid": _SID}
             for prop, leaf in chunk.props:
                 fact[prop] = values[leaf]
             engine_facts.append(fact)
-        try:
-            hits, errors = _ENGINE.call(_ENGINE.run, st.engine_name, engine_facts)
-        except RuleEvalError:
-            raise
-        except Exception as e:
-            raise RuleEvalError("-", stage, f"rule engine error: {e!r}") from e
-        if errors:
-            idx, detail = errors[0]
-            raise RuleEvalError(st.rules[idx].name, stage, f"action failed: {detail}")
-        ids = {f["id"] for f in engine_facts}
-        fired = sorted({idx for fid, idx in hits if fid in ids})
-        return st.result(fired)
+            asked[fact["id"]] = key
+        if engine_facts:
+            try:
+                hits, errors = _ENGINE.call(_ENGINE.run, st.engine_name, engine_facts)
+            except RuleEvalError:
+                raise
+            except Exception as e:
+                raise RuleEvalError("-", stage, f"rule engine error: {e!r}") from e
+            if errors:
+                idx, detail = errors[0]
+                raise RuleEvalError(st.rules[idx].name, stage, f"action failed: {detail}")
+            answers: dict[tuple, set[int]] = {key: set() for key in asked.values()}
+            for fid, idx in hits:
+                key = asked.get(fid)
+                if key is not None:
+                    answers[key].add(idx)
+            if _ENGINE_MEMO_MAX > 0:
+                if len(memo) + len(answers) > _ENGINE_MEMO_MAX:
+                    memo.clear()
+                for key, got in answers.items():
+                    memo[key] = tuple(sorted(got))
+            for got in answers.values():
+                fired_set.update(got)
+        return st.result(sorted(fired_set))
 
     def templates_used(self) -> list[tuple[str, str, str]]:
         """(stage file, rule, template) for every template a rule names (notify, ack_template,
