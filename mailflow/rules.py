@@ -166,6 +166,10 @@ is built around them:
   and catastrophic shapes are rejected when the rules compile (`regexes.hazard`): a rule can cost
   one message its budget (`RuleEvalError` naming the rule; the message is quarantined), never the
   daemon its progress.
+* **Patterns compile once per machine, not once per start.** `RuleSet.load` and `check_rules` take
+  a pattern list that passed every check before (same text, flags, Python, ``regex`` and this code)
+  from `regexes.PatternCache` with its prefilter: loading the bundled rules takes ~0.04 s instead of
+  ~0.6 s. Rules given as data (`RuleSet.from_data`) are always compiled.
 * **Versioned names.** A ruleset name cannot be registered twice, so each load registers
   ``mf_v<version>_<stage>``; when a `RuleSet` is garbage collected its rulesets are deleted from
   the engine.
@@ -526,6 +530,19 @@ def _needs(items: Any) -> list[list[set[str]]] | None:
 def _prefilter(pattern: str, flags: int, trees: list | None = None) -> Need | None:
     """The prefilter of `pattern` as fragment ids in the process-wide index (None: the regex always
     runs). `trees`: the parsed alternatives that `pattern` joins with "|", when the caller has them."""
+    return _register_need(_prefilter_sets(pattern, flags, trees))
+
+
+def _register_need(sets: list[list[list[str]]] | None) -> Need | None:
+    if sets is None:
+        return None
+    reg = _FRAGMENTS.register
+    return tuple(tuple(reg(set(group)) for group in alt) for alt in sets)
+
+
+def _prefilter_sets(pattern: str, flags: int, trees: list | None = None) -> list[list[list[str]]] | None:
+    """The prefilter of `pattern` as plain data: alternatives of groups of `_pf_fold`ed fragments
+    (sorted, so that the pattern cache stores it as it is)."""
     try:
         if trees is None:
             trees = [_sre_parse.parse(pattern, flags)]
@@ -551,8 +568,7 @@ def _prefilter(pattern: str, flags: int, trees: list | None = None) -> Need | No
         if len(union) > _PF_MAX:
             return None
         shaped = [[union]]
-    reg = _FRAGMENTS.register
-    return tuple(tuple(reg({_pf_fold(f) for f in group}) for group in alt) for alt in shaped)
+    return [[sorted({_pf_fold(f) for f in group}) for group in alt] for alt in shaped]
 
 
 def _need_met(need: Need, present: frozenset[int]) -> bool:
@@ -813,10 +829,11 @@ def _describe(x: Any) -> str:
 class _Compiler:
     """Compiles one stage file; collects problems instead of stopping at the first."""
 
-    def __init__(self, stage: str, fname: str, problems: list[str]):
+    def __init__(self, stage: str, fname: str, problems: list[str], cache: regexes.PatternCache | None = None):
         self.stage = stage
         self.fname = fname
         self.problems = problems
+        self.cache = cache
         self.leaves: list[_Leaf] = []
         self._leaf_index: dict[tuple, int] = {}
         self._rule = "-"
@@ -998,27 +1015,16 @@ class _Compiler:
                          f"reads \\b as a backspace: write \\\\b or use single quotes")
                 return None
             flags = 0 if case_sensitive else re.IGNORECASE
-            trees = []
-            for x in patterns:
-                try:  # parsed once: the syntax check, the shape check and the prefilter share it
-                    tree = _sre_parse.parse(x, flags)
-                    _sre_compiler.compile(tree, flags)
-                except re.error as e:
-                    where = f" at position {e.pos}" if e.pos is not None else ""
-                    self.err(f"{path}: bad regex {x!r}: {e.msg}{where}")
-                    return None
-                why = regexes.hazard(x, flags, tree)
-                if why:
-                    self.err(f"{path}: unsafe regex {x!r}: {why}")
-                    return None
-                trees.append(tree)
             pattern = patterns[0] if len(patterns) == 1 else "|".join(f"(?:{x})" for x in patterns)
-            try:
-                rx = regexes.compile_rx(pattern, flags)
-            except Exception as e:  # noqa: BLE001 - valid for re but not for the bounded engine
-                self.err(f"{path}: regex {pattern!r} is not supported: {e}")
-                return None
-            need = _prefilter(rx.pattern, flags, trees) if kind == "text" else None
+            hit = self.cache.get(patterns, flags, pattern) if self.cache is not None else None
+            if hit is not None:  # these patterns passed every check below before (regexes.PatternCache)
+                rx, sets = hit
+            else:
+                got = self._checked_regex(patterns, pattern, flags, path)
+                if got is None:
+                    return None
+                rx, sets = got
+            need = _register_need(sets) if kind == "text" else None
             quick = (field, _FRAGMENTS.group_alts(need), _search_fn(field, rx)) \
                 if need is not None and _ahocorasick is not None else None
             return self.leaf((field, "matches", pattern, case_sensitive),
@@ -1038,6 +1044,32 @@ class _Compiler:
             key = (field, "contains", tuple(sorted({w.casefold() for w in words})))
             return self.leaf(key, _make_leaf_fn(field, kind, op, words), f"{field} contains {words!r}")
         raise AssertionError(op)  # pragma: no cover
+
+    def _checked_regex(self, patterns: list[str], pattern: str, flags: int, path: str) -> tuple[Any, Any] | None:
+        """Check and compile the patterns of one `matches` (joined as `pattern`); None after an error."""
+        trees = []
+        for x in patterns:
+            try:  # parsed once: the syntax check, the shape check and the prefilter share it
+                tree = _sre_parse.parse(x, flags)
+                _sre_compiler.compile(tree, flags)
+            except re.error as e:
+                where = f" at position {e.pos}" if e.pos is not None else ""
+                self.err(f"{path}: bad regex {x!r}: {e.msg}{where}")
+                return None
+            why = regexes.hazard(x, flags, tree)
+            if why:
+                self.err(f"{path}: unsafe regex {x!r}: {why}")
+                return None
+            trees.append(tree)
+        try:
+            rx = regexes.compile_rx(pattern, flags)
+        except Exception as e:  # noqa: BLE001 - valid for re but not for the bounded engine
+            self.err(f"{path}: regex {pattern!r} is not supported: {e}")
+            return None
+        sets = _prefilter_sets(pattern, flags, trees)
+        if self.cache is not None:
+            self.cache.put(patterns, flags, rx, sets)
+        return rx, sets
 
     # -- actions
     def actions(self, then: Any) -> list[tuple[str, Any]] | None:
@@ -1651,15 +1683,17 @@ def _read_yaml(path: Path, problems: list[str]) -> tuple[bool, Any]:
         return False, None
 
 
-def _compile_data(data: dict[str, tuple[str, Any]], problems: list[str]) -> dict[str, _Stage]:
-    """data: stage -> (file name for messages, parsed YAML). Returns shaped stages."""
+def _compile_data(data: dict[str, tuple[str, Any]], problems: list[str],
+                  cache: regexes.PatternCache | None = None) -> dict[str, _Stage]:
+    """data: stage -> (file name for messages, parsed YAML). Returns shaped stages. `cache`: where
+    patterns that passed every check before are taken from (rules directories only)."""
     stages: dict[str, _Stage] = {}
     for stage in STAGES:
         if stage not in data:
             stages[stage] = _Stage(stage, "", [], [], [], [])
             continue
         fname, parsed = data[stage]
-        comp = _Compiler(stage, fname, problems)
+        comp = _Compiler(stage, fname, problems, cache)
         rules = comp.rules(parsed)
         stages[stage] = _shape(stage, fname, rules, comp.leaves)
     return stages
@@ -1674,7 +1708,9 @@ def _compile_dir(rules_dir: Path) -> tuple[dict[str, Path], dict[str, _Stage], l
         ok, parsed = _read_yaml(path, problems)
         if ok:
             data[stage] = (str(path), parsed)
-    stages = _compile_data(data, problems)
+    cache = regexes.pattern_cache()
+    stages = _compile_data(data, problems, cache)
+    cache.save()
     return files, stages, problems
 
 

@@ -5,8 +5,9 @@ decided (`routing.Outcome`: fields, fired rules, notifications, acknowledgement,
 every decision in order), written by the rules code before the caches and prefilter shortcuts. The
 mails: the policy corpus (tests/data/policy, parsed from MIME like `test_policy`), the rule
 benchmark's generated corpus (`bench/bench_rules.py`, with features), and the backlog benchmark's
-MIME corpus (`bench/corpus.py`). Each is evaluated twice, through the engine cache (second pass
-replays it) and with the cache off, and once per pass through a fresh pattern cache and a warm one.
+MIME corpus (`bench/corpus.py`). They are evaluated with the rules compiled afresh, twice (the
+engine's remembered answers: asked, then replayed), and with the rules rebuilt from the pattern
+cache asking the engine every time.
 
 Regenerate only when the rules are meant to decide differently (a rules change, not a perf change):
 
@@ -20,7 +21,9 @@ import json
 import sys
 from pathlib import Path
 
-from mailflow import features, resources, routing, rules
+import pytest
+
+from mailflow import features, regexes, resources, routing, rules
 from mailflow.parse import parse_message
 from mailflow.rules import RuleSet, on_engine
 
@@ -91,8 +94,11 @@ def test_golden_file_covers_the_three_corpora():
     assert len({v[0] for v in want.values()}) >= 5  # every category occurs
 
 
-def test_bundled_rules_decide_as_before():
-    """Through the engine's remembered answers: the first pass asks the engine, the second replays."""
+def test_bundled_rules_decide_as_before(tmp_path, monkeypatch):
+    """Compiled afresh (empty pattern cache), through the engine's remembered answers: the first
+    pass asks the engine, the second replays it."""
+    monkeypatch.setenv("MAILFLOW_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(regexes, "_CACHES", {})
     want = json.loads(GOLDEN.read_text(encoding="utf-8"))
     rs = RuleSet.load(resources.bundled_rules())
     for _ in range(2):
@@ -101,7 +107,12 @@ def test_bundled_rules_decide_as_before():
     assert 0 < len(rs._stages["classify"].memo) < 1000  # the replay was used (and stays small)
 
 
-def test_bundled_rules_decide_as_before_asking_the_engine_every_time(monkeypatch):
+def test_bundled_rules_decide_as_before_from_the_pattern_cache_asking_the_engine_every_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAILFLOW_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(regexes, "_CACHES", {})
+    RuleSet.load(resources.bundled_rules())  # writes the cache
+    monkeypatch.setattr(regexes, "_CACHES", {})  # as a new process: read from the file
+    monkeypatch.setattr(regexes, "compile_rx", lambda *a: pytest.fail("compiled although cached"))
     monkeypatch.setattr(rules, "_ENGINE_MEMO_MAX", 0)
     want = json.loads(GOLDEN.read_text(encoding="utf-8"))
     rs = RuleSet.load(resources.bundled_rules())
