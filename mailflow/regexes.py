@@ -355,18 +355,24 @@ _CACHE_MAX = 2000  # entries kept in the file (this process's first, then the mo
 
 
 def cache_dir() -> Path | None:
-    """Where compiled rule patterns are cached: ``$MAILFLOW_CACHE_DIR`` (``off`` or empty: nowhere),
-    else ``$XDG_CACHE_HOME/mailflow``, else ``~/.cache/mailflow``."""
+    """Where compiled rule patterns (and templates, render.py) are cached: ``$MAILFLOW_CACHE_DIR``
+    (``off`` or empty: nowhere), else ``$XDG_CACHE_HOME/mailflow``, else ``~/.cache/mailflow`` -- but
+    never a default inside ``$MAILFLOW_DATA_DIR`` (the systemd unit's user has the data dir as its
+    home: a cache there would go into every backup and make an emptied data dir look used)."""
     env = os.environ.get("MAILFLOW_CACHE_DIR")
     if env is not None:
         return None if env.strip() in ("", "off", "0") else Path(env)
     xdg = os.environ.get("XDG_CACHE_HOME")
-    if xdg:
-        return Path(xdg) / "mailflow"
     try:
-        return Path.home() / ".cache" / "mailflow"
+        d = Path(xdg) / "mailflow" if xdg else Path.home() / ".cache" / "mailflow"
     except (RuntimeError, KeyError):  # no home directory
         return None
+    data = os.environ.get("MAILFLOW_DATA_DIR")
+    if data:
+        with contextlib.suppress(OSError, ValueError):
+            if d.resolve().is_relative_to(Path(data).resolve()):
+                return None
+    return d
 
 
 @functools.lru_cache(maxsize=1)

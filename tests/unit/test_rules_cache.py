@@ -136,3 +136,16 @@ def test_the_file_name_follows_the_code(cache_dir, monkeypatch):
 def test_from_data_never_touches_the_cache(cache_dir):
     RuleSet.from_data({"classify": [{"name": "r", "when": {"text": {"matches": "abc+"}}, "then": [{"tag": "x"}]}]})
     assert not cache_dir.exists()
+
+
+def test_the_default_cache_is_never_inside_the_data_dir(tmp_path, monkeypatch):
+    """Under the systemd unit the user's home is the data dir: no cache there unless asked for."""
+    monkeypatch.delenv("MAILFLOW_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("MAILFLOW_DATA_DIR", str(tmp_path / "data"))
+    assert regexes.cache_dir() is None
+    monkeypatch.setenv("MAILFLOW_DATA_DIR", str(tmp_path / "elsewhere"))
+    assert regexes.cache_dir() == tmp_path / "data" / ".cache" / "mailflow"
+    monkeypatch.setenv("MAILFLOW_CACHE_DIR", str(tmp_path / "data" / "cache"))  # asked for: used
+    assert regexes.cache_dir() == tmp_path / "data" / "cache"
