@@ -605,6 +605,7 @@ class _FragmentIndex:
                 gid = self._gids[key] = len(self._gids)
                 for i in key:
                     self._frag_groups.setdefault(i, []).append(gid)
+                self._recent_groups = (None, {})  # answers computed without this group are stale
             if _ahocorasick is None and key not in self._fallback:
                 folded = sorted(frags, key=lambda f: (-len(f), f))
                 self._fallback[key] = re.compile("|".join(re.escape(f) for f in folded))
@@ -648,7 +649,7 @@ class _FragmentIndex:
             return frozenset()
         present = self.found(text)
         auto, recent = self._recent_groups
-        if auto is not self._built:
+        if auto is not self._built:  # a new automaton or a new group (see register)
             auto, recent = self._recent_groups = (self._built, {})
         got = recent.get(text)
         if got is None:

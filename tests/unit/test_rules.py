@@ -691,3 +691,17 @@ def test_engine_memo_is_bounded(monkeypatch):
         text = " ".join(f"w{j}" for j in range(6) if (i >> j) & 1)
         assert rs.evaluate("classify", {"text": text}) == rs.evaluate_pure("classify", {"text": text})
         assert len(rs._stages["classify"].memo) <= 3
+
+
+def test_a_new_prefilter_group_of_known_fragments_is_seen_in_texts_evaluated_before():
+    """A rule set whose prefilter groups reuse fragments other rules registered earlier: the groups
+    found in a text cached before it was loaded must not hide its groups (same text, both sets)."""
+    text = "zqxfoo and zqxbar here"
+    first = RuleSet.from_data({"classify": [{"name": "either", "when": {"text": {"matches": "zqxfoo|zqxbar"}},
+                                             "then": [{"tag": "a"}]}]})
+    assert first.evaluate("classify", {"text": text}).fired == ["either"]
+    # its prefilter needs one of {zqx, bar}: a new group, of fragments the first set registered
+    second = RuleSet.from_data({"classify": [{"name": "one", "when": {"text": {"matches": "zqx|bar"}},
+                                              "then": [{"tag": "b"}]}]})
+    assert second.evaluate("classify", {"text": text}).fired == ["one"]
+    assert second.evaluate("classify", {"text": text}) == second.evaluate_pure("classify", {"text": text})
