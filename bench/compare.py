@@ -44,8 +44,9 @@ def worktree(rev: str, out: Path) -> Path:
 def one(tree: Path, n: int, env: dict) -> tuple[float, float, float, float] | None:
     """(mailflow msg/s, naive msg/s, mailflow time / naive time, mailflow CPU seconds) of one run."""
     if env.get("PYTHONDONTWRITEBYTECODE"):  # as the environment says: no bytecode left by a --bytecode run
-        for d in ("mailflow", "bench"):
-            shutil.rmtree(tree / d / "__pycache__", ignore_errors=True)
+        for d in ("mailflow", "bench", "tests"):
+            for cache in (tree / d).rglob("__pycache__"):
+                shutil.rmtree(cache, ignore_errors=True)
     raw = tree / "bench" / "out" / "compare-last.json"
     raw.unlink(missing_ok=True)
     p = subprocess.run([sys.executable, "bench/run.py", "--n", str(n), "--runs", "1", "--floors",
