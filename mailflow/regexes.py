@@ -30,8 +30,10 @@ import io
 import os
 import pickle
 import re
+import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +50,7 @@ except ImportError:  # pragma: no cover
     import sre_parse as _sre  # type: ignore[no-redef]
 
 __all__ = ["BUDGET", "BUDGET_PER_MB", "BudgetExceeded", "PatternCache", "budget_for", "cache_dir", "compile_rx",
-           "describe_budget", "hazard", "pattern_cache", "search"]
+           "describe_budget", "hazard", "pattern_cache", "prune_stale", "search"]
 
 BUDGET = 0.1  # seconds per search for a short text ...
 BUDGET_PER_MB = 0.25  # ... plus this per million characters (the slowest linear bundled pattern: ~0.13 s/MB)
@@ -465,12 +467,31 @@ class PatternCache:
                 f.write(_CACHE_MAGIC + hashlib.sha256(payload).digest() + payload)
             os.replace(tmp, self.path)
             tmp = None
+            prune_stale(self.path.parent, "patterns-*.pickle", self.path)
         except Exception:  # noqa: BLE001 - a cache: not writing it only costs the next start-up
             pass
         finally:
             if tmp is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
+
+
+STALE_DAYS = 14  # a cache file of another code version unused this long is deleted
+
+
+def prune_stale(directory: Path, glob: str, current: Path) -> None:
+    """Delete what other mailflow versions left under `directory` (matching `glob`, not `current`)
+    and did not touch for STALE_DAYS: an upgrade starts a new file, the old one would stay forever.
+    Another version still in use (a second install sharing the directory) keeps its own."""
+    cutoff = time.time() - STALE_DAYS * 86400
+    with contextlib.suppress(OSError):
+        for p in directory.glob(glob):
+            if p != current and p.stat().st_mtime < cutoff:
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        p.unlink()
 
 
 _CACHES: dict[Path | None, PatternCache] = {}

@@ -87,7 +87,7 @@ from jinja2.bccache import Bucket, FileSystemBytecodeCache
 
 from mailflow.errors import ProblemsError
 from mailflow.idn import idna_domain
-from mailflow.regexes import cache_dir
+from mailflow.regexes import cache_dir, prune_stale
 from mailflow.sandbox import BudgetedEnvironment, BudgetError
 
 REQUIRED = ("ack", "progress", "resolved", "closed", "reopened", "staff_notify", "staff_update", "escalation",
@@ -213,6 +213,7 @@ def _bytecode_cache() -> _QuietBytecodeCache | None:
         d = root / f"templates-{h.hexdigest()[:20]}"
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
         _prune(d, _BYTECODE_KEEP)
+        prune_stale(root, "templates-*", d)
     except OSError:
         return None
     return _QuietBytecodeCache(str(d), "%s.jinja")

@@ -149,3 +149,19 @@ def test_the_default_cache_is_never_inside_the_data_dir(tmp_path, monkeypatch):
     assert regexes.cache_dir() == tmp_path / "data" / ".cache" / "mailflow"
     monkeypatch.setenv("MAILFLOW_CACHE_DIR", str(tmp_path / "data" / "cache"))  # asked for: used
     assert regexes.cache_dir() == tmp_path / "data" / "cache"
+
+
+def test_files_other_versions_left_are_deleted_once_stale(cache_dir):
+    cache_dir.mkdir()
+    old = cache_dir / "patterns-0000000000000000dead.pickle"
+    recent = cache_dir / "patterns-0000000000000000beef.pickle"
+    old.write_bytes(b"x")
+    recent.write_bytes(b"y")
+    past = regexes.time.time() - (regexes.STALE_DAYS + 1) * 86400
+    os.utime(old, (past, past))
+    RuleSet.load(resources.bundled_rules())
+    assert not old.exists() and recent.exists() and _file_named(cache_dir, regexes._stamp()).exists()
+
+
+def _file_named(d, stamp):
+    return d / f"patterns-{stamp}.pickle"
