@@ -10,6 +10,8 @@ evaluation). The corpus is generated in-process from a fixed seed, so runs are c
 
 ``--with-features`` also computes the sentiment and staff mentions for every message (what the
 pipeline does before evaluating), so that figure is the whole rules step per message.
+``--on-engine`` runs each message's three stages in one hand-off to the rules thread, as
+`decide.Decider.evaluate` does (`rules.on_engine`); without it each stage hands off on its own.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mailflow import features, resources, routing  # noqa: E402
 from mailflow.config import StaffMember  # noqa: E402
-from mailflow.rules import RuleSet  # noqa: E402
+from mailflow.rules import RuleSet, on_engine  # noqa: E402
 
 ZH = {
     "complaint": ["我要投诉你们的客服，态度非常差。", "快递一个星期还没到，太失望了。", "退款申请两周了还没到账，无法接受。",
@@ -104,6 +106,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=20261123)
     ap.add_argument("--cpu", type=int, default=0, help="pin the process to this CPU core (default 0)")
     ap.add_argument("--with-features", action="store_true", help="also compute sentiment and mentions per message")
+    ap.add_argument("--on-engine", action="store_true", help="one hand-off per message (as the daemon does)")
     ap.add_argument("--rules", type=Path, default=resources.bundled_rules())
     args = ap.parse_args()
 
@@ -125,6 +128,9 @@ def main() -> None:
             m = dict(m, sentiment=features.sentiment(text))
             mentioned = features.mentioned_staff(text, STAFF)
             m["mentions_staff"] = bool(mentioned)
+        if args.on_engine:
+            return on_engine(routing.evaluate_message, rules, m, routing.TicketFields(None, "normal", None, None, []),
+                             STAFF, open_counts, rr, mentioned, strategy="least_open")
         return routing.evaluate_message(rules, m, routing.TicketFields(None, "normal", None, None, []), STAFF,
                                         open_counts, rr, mentioned, strategy="least_open")
 
@@ -153,7 +159,8 @@ def main() -> None:
 
     print(f"rules: {counts} (bundled: {args.rules})")
     print(f"corpus: {len(corpus)} messages, avg {avg:.0f} bytes subject+text, mixed zh/en, seed {args.seed}")
-    print(f"mode: {'features + ' if args.with_features else ''}evaluate_message (3 stages, assert+retract per stage)")
+    print(f"mode: {'features + ' if args.with_features else ''}evaluate_message (3 stages, "
+          f"{'one hand-off' if args.on_engine else 'a hand-off per stage'})")
     print(f"evaluations: {args.n} on CPU {args.cpu}: {wall:.1f} s wall, {cpu:.1f} s CPU")
     print(f"throughput: {args.n / wall:.0f} messages/s ({wall / args.n * 1e3:.2f} ms per message)")
     print(f"RSS: {rss0:.1f} MB before, {rss1:.1f} MB after ({rss1 - rss0:+.1f} MB); "

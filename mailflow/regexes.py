@@ -23,18 +23,34 @@ Two layers:
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
+import io
+import os
+import pickle
 import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
 
 import regex
+
+try:  # the C half of `regex`: rebuilds a compiled pattern from its program (what its unpickling does)
+    from regex import _regex as _regex_c
+except ImportError:  # pragma: no cover
+    _regex_c = None
 
 try:  # the stdlib parser gives the parse tree the shape check walks (Python 3.11+: re._parser)
     from re import _parser as _sre
 except ImportError:  # pragma: no cover
     import sre_parse as _sre  # type: ignore[no-redef]
 
-__all__ = ["BUDGET", "BUDGET_PER_MB", "BudgetExceeded", "budget_for", "compile_rx", "describe_budget", "hazard",
-           "search"]
+__all__ = ["BUDGET", "BUDGET_PER_MB", "BudgetExceeded", "PatternCache", "budget_for", "cache_dir", "compile_rx",
+           "describe_budget", "hazard", "pattern_cache", "prune_stale", "search"]
 
 BUDGET = 0.1  # seconds per search for a short text ...
 BUDGET_PER_MB = 0.25  # ... plus this per million characters (the slowest linear bundled pattern: ~0.13 s/MB)
@@ -318,3 +334,173 @@ def _compiled(classes: tuple[str, ...], flags: int) -> re.Pattern:
 @functools.lru_cache(maxsize=512)
 def _members(classes: tuple[str, ...], flags: int) -> str:
     return "".join(_compiled(classes, flags).findall(_alphabet()))
+
+
+# ---- the compile cache -----------------------------------------------------------------------------
+# Checking and compiling the bundled rules' 165 patterns is most of a start-up's rule loading (~0.6 s:
+# the `regex` compiler 0.3 s, the `re` syntax check 0.17 s, parse, shape check and prefilter the rest),
+# and the same patterns are compiled at every start. `PatternCache` keeps, per pattern list and flags
+# that passed every check, what the checks derived (the prefilter's fragment sets) and the `regex`
+# module's compiled program (the data its own pickling keeps: `Pattern._pickled_data`), so a later
+# start rebuilds the pattern in C (~50 us) and skips the checks.
+#
+# It is a cache, never a source of truth: the file name carries a digest of the Python version, the
+# `regex` version and the source of rules.py and regexes.py (any change to the checks, the prefilter
+# or the engine starts a new file); the file holds a SHA-256 of its payload (a torn or corrupted file
+# is ignored); it is unpickled with no globals allowed (plain containers, strings, bytes and numbers
+# only); every failure (no cache dir, read-only home, a bad file, a rebuilt pattern that differs) falls
+# back silently to compiling. The directory is created 0700: whoever can write it can change how
+# patterns match, as whoever can write the rules directory can.
+
+_CACHE_MAGIC = b"mailflow-pattern-cache 1\n"
+_CACHE_MAX = 2000  # entries kept in the file (this process's first, then the most recent others)
+
+
+def cache_dir() -> Path | None:
+    """Where compiled rule patterns (and templates, render.py) are cached: ``$MAILFLOW_CACHE_DIR``
+    (``off`` or empty: nowhere), else ``$XDG_CACHE_HOME/mailflow``, else ``~/.cache/mailflow`` -- but
+    never a default inside ``$MAILFLOW_DATA_DIR`` (the systemd unit's user has the data dir as its
+    home: a cache there would go into every backup and make an emptied data dir look used)."""
+    env = os.environ.get("MAILFLOW_CACHE_DIR")
+    if env is not None:
+        return None if env.strip() in ("", "off", "0") else Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    try:
+        d = Path(xdg) / "mailflow" if xdg else Path.home() / ".cache" / "mailflow"
+    except (RuntimeError, KeyError):  # no home directory
+        return None
+    data = os.environ.get("MAILFLOW_DATA_DIR")
+    if data:
+        with contextlib.suppress(OSError, ValueError):
+            if d.resolve().is_relative_to(Path(data).resolve()):
+                return None
+    return d
+
+
+@functools.lru_cache(maxsize=1)
+def _stamp() -> str:
+    h = hashlib.sha256()
+    h.update(sys.version.encode())
+    h.update(str(getattr(regex, "__version__", "?")).encode())
+    here = Path(__file__).resolve().parent
+    for name in ("regexes.py", "rules.py"):
+        try:
+            h.update((here / name).read_bytes())
+        except OSError:
+            h.update(os.urandom(16))  # cannot tell which code wrote the file: never reuse one
+    return h.hexdigest()[:20]
+
+
+class _NoGlobals(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"global {module}.{name} not allowed in the pattern cache")
+
+
+class PatternCache:
+    """Compiled rule patterns and their derived prefilters, persisted between runs (see above)."""
+
+    def __init__(self, directory: Path | None):
+        self.path = directory / f"patterns-{_stamp()}.pickle" if directory is not None else None
+        self._entries: dict[tuple, tuple] | None = None
+        self._used: set[tuple] = set()
+        self._dirty = False
+
+    def _load(self) -> dict[tuple, tuple]:
+        if self._entries is None:
+            self._entries = {}
+            if self.path is not None:
+                try:
+                    blob = self.path.read_bytes()
+                    head, digest, payload = blob[:len(_CACHE_MAGIC)], blob[len(_CACHE_MAGIC):len(_CACHE_MAGIC) + 32], \
+                        blob[len(_CACHE_MAGIC) + 32:]
+                    if head == _CACHE_MAGIC and hashlib.sha256(payload).digest() == digest:
+                        data = _NoGlobals(io.BytesIO(payload)).load()
+                        if isinstance(data, dict):
+                            self._entries = data
+                except Exception:  # noqa: BLE001 - a cache: any failure means compiling
+                    self._entries = {}
+        return self._entries
+
+    def get(self, patterns: list[str], flags: int, joined: str) -> tuple[regex.Pattern, Any] | None:
+        """(compiled `joined`, the stored prefilter sets) for patterns that passed every check before."""
+        key = (tuple(patterns), int(flags))
+        entry = self._load().get(key)
+        if entry is None:
+            return None
+        try:
+            code, sets = entry
+            rx = _regex_c.compile(*code)
+            if rx.pattern != joined or not isinstance(rx, regex.Pattern):
+                return None
+        except Exception:  # noqa: BLE001
+            return None
+        self._used.add(key)
+        return rx, sets
+
+    def put(self, patterns: list[str], flags: int, rx: regex.Pattern, sets: Any) -> None:
+        """Remember a pattern list that passed every check (`sets`: its prefilter's fragment sets)."""
+        try:
+            code = rx._pickled_data
+        except AttributeError:  # pragma: no cover - a regex without its pickling data
+            return
+        key = (tuple(patterns), int(flags))
+        self._load()[key] = (code, sets)
+        self._used.add(key)
+        self._dirty = True
+
+    def save(self) -> None:
+        """Write the file if this process compiled something new (atomically; failures are ignored)."""
+        if not self._dirty or self.path is None or self._entries is None:
+            return
+        self._dirty = False
+        keep = {k: v for k, v in self._entries.items() if k in self._used}
+        for k, v in reversed(list(self._entries.items())):
+            if len(keep) >= _CACHE_MAX:
+                break
+            keep.setdefault(k, v)
+        tmp = None
+        try:
+            payload = pickle.dumps(keep, protocol=pickle.HIGHEST_PROTOCOL)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".patterns-", dir=self.path.parent)
+            with os.fdopen(fd, "wb") as f:
+                f.write(_CACHE_MAGIC + hashlib.sha256(payload).digest() + payload)
+            os.replace(tmp, self.path)
+            tmp = None
+            prune_stale(self.path.parent, "patterns-*.pickle", self.path)
+        except Exception:  # noqa: BLE001 - a cache: not writing it only costs the next start-up
+            pass
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+
+
+STALE_DAYS = 14  # a cache file of another code version unused this long is deleted
+
+
+def prune_stale(directory: Path, glob: str, current: Path) -> None:
+    """Delete what other mailflow versions left under `directory` (matching `glob`, not `current`)
+    and did not touch for STALE_DAYS: an upgrade starts a new file, the old one would stay forever.
+    Another version still in use (a second install sharing the directory) keeps its own."""
+    cutoff = time.time() - STALE_DAYS * 86400
+    with contextlib.suppress(OSError):
+        for p in directory.glob(glob):
+            if p != current and p.stat().st_mtime < cutoff:
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+
+
+_CACHES: dict[Path | None, PatternCache] = {}
+
+
+def pattern_cache() -> PatternCache:
+    """The process's cache for the current `cache_dir()` (one file read per process and directory)."""
+    d = cache_dir()
+    c = _CACHES.get(d)
+    if c is None:
+        c = _CACHES[d] = PatternCache(d)
+    return c

@@ -666,3 +666,42 @@ def test_regex_fallback_prefilter_decides_like_the_automaton(tmp_path, monkeypat
     with_automaton = decisions("ac")
     monkeypatch.setattr(rules, "_ahocorasick", None)
     assert decisions("re") == with_automaton
+
+
+def test_engine_answers_are_remembered_per_chunk_and_agree(monkeypatch):
+    rs = RuleSet.load(resources.bundled_rules())
+    texts = ["我要投诉快递太慢", "系统瘫痪，所有用户无法登录", "请问发票怎么开？", "hello"]
+    first = [rs.evaluate("classify", {"text": t}) for t in texts]
+    memo = rs._stages["classify"].memo
+    assert memo and all(ci < rs._chunks("classify") for ci, _ in memo)
+    calls = []
+    real_run = rules._ENGINE.run
+    monkeypatch.setattr(rules._ENGINE, "run", lambda *a: calls.append(a) or real_run(*a))
+    again = [rs.evaluate("classify", {"text": t}) for t in texts]
+    assert again == first == [rs.evaluate_pure("classify", {"text": t}) for t in texts]
+    assert calls == []  # every chunk's booleans were seen before: the engine was not asked again
+    assert rs._engine_facts_left("classify") == []
+
+
+def test_engine_memo_is_bounded(monkeypatch):
+    monkeypatch.setattr(rules, "_ENGINE_MEMO_MAX", 3)
+    rs = RuleSet.from_data({"classify": [
+        {"name": f"r{i}", "when": {"text": {"contains": f"w{i}"}}, "then": [{"tag": f"t{i}"}]} for i in range(6)]})
+    for i in range(20):
+        text = " ".join(f"w{j}" for j in range(6) if (i >> j) & 1)
+        assert rs.evaluate("classify", {"text": text}) == rs.evaluate_pure("classify", {"text": text})
+        assert len(rs._stages["classify"].memo) <= 3
+
+
+def test_a_new_prefilter_group_of_known_fragments_is_seen_in_texts_evaluated_before():
+    """A rule set whose prefilter groups reuse fragments other rules registered earlier: the groups
+    found in a text cached before it was loaded must not hide its groups (same text, both sets)."""
+    text = "zqxfoo and zqxbar here"
+    first = RuleSet.from_data({"classify": [{"name": "either", "when": {"text": {"matches": "zqxfoo|zqxbar"}},
+                                             "then": [{"tag": "a"}]}]})
+    assert first.evaluate("classify", {"text": text}).fired == ["either"]
+    # its prefilter needs one of {zqx, bar}: a new group, of fragments the first set registered
+    second = RuleSet.from_data({"classify": [{"name": "one", "when": {"text": {"matches": "zqx|bar"}},
+                                              "then": [{"tag": "b"}]}]})
+    assert second.evaluate("classify", {"text": text}).fired == ["one"]
+    assert second.evaluate("classify", {"text": text}) == second.evaluate_pure("classify", {"text": text})

@@ -3,6 +3,7 @@ runs too long fails with the template and the budget named (issue 15, cases 2 an
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tracemalloc
@@ -126,3 +127,64 @@ def test_budget_object_counts_steps_and_time():
     late = sandbox.Budget(seconds=-1)
     with pytest.raises(sandbox.BudgetError, match="took longer than"):
         late.tick()
+
+
+@pytest.fixture
+def template_cache(tmp_path, monkeypatch):
+    from mailflow import render
+
+    monkeypatch.setenv("MAILFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    render._bytecode_cache.cache_clear()
+    yield tmp_path / "cache"
+    render._bytecode_cache.cache_clear()
+
+
+def test_templates_from_the_bytecode_cache_render_the_same_under_the_same_budget(tpl, template_cache, monkeypatch):
+    from mailflow import render
+
+    _append(tpl / "en" / "ack.txt.j2", "{% for a in ticket.tags %}{% for b in ticket.tags %}{% endfor %}{% endfor %}\n")
+    cold = Templates.load(tpl)
+    (d,) = template_cache.glob("templates-*")
+    assert (d.stat().st_mode & 0o777) == 0o700 and len(list(d.glob("*.jinja"))) > 50
+    render._bytecode_cache.cache_clear()  # as a new process
+    monkeypatch.setattr(sandbox.BudgetedEnvironment, "_parse", lambda *a: pytest.fail("compiled although cached"))
+    warm = Templates.load(tpl)
+    for loc in ("zh", "en", "zh-Hant"):
+        for name in ("ack", "resolved", "staff_notify"):
+            assert warm.render(loc, name, sample_context(loc)) == cold.render(loc, name, sample_context(loc))
+    ctx = sample_context("en")
+    ctx["ticket"]["tags"] = [f"t{i}" for i in range(1000)]
+    with pytest.raises(TemplateError) as ei:  # the loop budget is compiled in, and came back from the cache
+        warm.render("en", "ack", ctx)
+    assert "render budget exceeded: more than 100,000" in ei.value.problems[0]
+    assert ei.value.problems[0].startswith(f"{tpl / 'en' / 'ack.txt.j2'}:")
+
+
+def test_an_edited_template_is_compiled_again(tpl, template_cache):
+    Templates.load(tpl)
+    _append(tpl / "en" / "ack.txt.j2", "{{ tickt.id }}\n")
+    with pytest.raises(TemplateError) as ei:
+        Templates.load(tpl)
+    assert "undefined: 'tickt' is undefined" in ei.value.problems[0]
+
+
+def test_an_unusable_cache_dir_only_costs_time(tpl, tmp_path, monkeypatch):
+    from mailflow import render
+
+    (tmp_path / "a-file").write_text("")
+    for value in ("off", str(tmp_path / "a-file" / "cache")):
+        monkeypatch.setenv("MAILFLOW_CACHE_DIR", value)
+        render._bytecode_cache.cache_clear()
+        assert render._bytecode_cache() is None
+        assert Templates.load(tpl).render("en", "ack", sample_context("en")).subject.startswith("[CW")
+    render._bytecode_cache.cache_clear()
+
+
+def test_the_template_cache_is_pruned(tmp_path):
+    from mailflow import render
+
+    for i in range(12):
+        (tmp_path / f"{i}.jinja").write_bytes(b"x")
+        os.utime(tmp_path / f"{i}.jinja", (i, i))
+    render._prune(tmp_path, 5)
+    assert sorted(int(p.stem) for p in tmp_path.glob("*.jinja")) == [7, 8, 9, 10, 11]
