@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -12,6 +13,8 @@ from tests.support.dovecot import Dovecot
 from tests.support.smtp_sink import SmtpSink
 
 REPO = Path(__file__).resolve().parent.parent
+# the rule-pattern and template caches (regexes.cache_dir) of this test session: never the user's
+os.environ.setdefault("MAILFLOW_CACHE_DIR", tempfile.mkdtemp(prefix="mfcache"))
 
 
 @pytest.fixture(scope="session")
