@@ -326,7 +326,7 @@ def cli_commands(sample: dict, term: str) -> list[tuple[str, list[str]]]:
             ("tickets list --overdue", ["tickets", "list", "--overdue"]),
             ("tickets show (hot)", ["tickets", "show", hot]),
             ("tickets show (archived)", ["tickets", "show", archived]),
-            (f"tickets search {term}", ["tickets", "search", term]),
+            (f"tickets search --text {term}", ["tickets", "search", "--text", term]),
             ("tickets search --customer", ["tickets", "search", "--customer", cust]),
             ("report (last month)", ["report"]),
             ("report --month 2026-10", ["report", "--month", "2026-10"]),

@@ -8,7 +8,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mailflow import resources
+from mailflow import pg_schema, resources
 from mailflow.spool import Segments
 from mailflow.store import Store
 from tests.integration.helpers import mailflow
@@ -32,10 +32,11 @@ def test_upgrade_check_and_refusal(tmp_path, pg_server):
     assert r.returncode == 1 and "mailflow db upgrade" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = mailflow(cfg, "check", check=False)
     assert r.returncode == 1 and "schema version 0" in r.stderr and "mailflow db upgrade" in r.stderr
-    assert "upgraded from version 0 to 1" in mailflow(cfg, "db", "upgrade").stdout
-    assert "up to date (version 1)" in mailflow(cfg, "db", "upgrade").stdout
+    v = pg_schema.VERSION
+    assert f"upgraded from version 0 to {v}" in mailflow(cfg, "db", "upgrade").stdout
+    assert f"up to date (version {v})" in mailflow(cfg, "db", "upgrade").stdout
     out = mailflow(cfg, "check").stdout
-    assert "PostgreSQL 1" in out and "schema version 1 (current)" in out
+    assert "PostgreSQL 1" in out and f"schema version {v} (current)" in out
     assert mailflow(cfg, "tickets", "list", "--json").stdout.strip() == "[]"
     r = mailflow(_cfg(tmp_path, "postgresql://nobody@127.0.0.1:1/x"), "check", check=False)
     assert r.returncode == 1 and "FAILED" in r.stderr
