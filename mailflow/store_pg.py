@@ -60,9 +60,11 @@ class _DaemonLock:
 
 def _configure(conn: psycopg.Connection) -> None:
     """Every pooled connection parses jsonb with orjson (3-4x the stdlib's json: reports read
-    hundreds of thousands of summaries, `tickets list --overdue` every hot ticket)."""
+    hundreds of thousands of summaries, `tickets list --overdue` every hot ticket), and runs
+    without JIT (the planner's cost of a scan over a million rows makes it compile for ~0.1-0.5 s
+    queries that then stop at a LIMIT or a page)."""
     set_json_loads(orjson.loads, conn)
-
+    conn.execute("SET jit = off")  # compiling a plan costs more than these short queries run
 
 def _j(v: Any) -> Jsonb:
     return Jsonb(v, dumps=lambda o: json.dumps(o, ensure_ascii=False, separators=(",", ":")))
@@ -731,41 +733,49 @@ class PgStore:
                 "SELECT id FROM tickets WHERE mailflow_addrs(doc) @> ARRAY[%s] UNION "
                 "SELECT ticket_id FROM messages WHERE mailflow_addrs(doc) @> ARRAY[%s] AND ticket_id IS NOT NULL",
                 (a, a))}
-        scan: list[str] = []  # the words the index cannot narrow: matched in SQL while scanning
+        scan: list[str] = []  # the words the indexes cannot narrow: matched while scanning newest first
         for w in q.words:
-            pat = "%" + w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             if cands is not None and len(cands) < self.SEARCH_PROBE or not _trigrams(w):
-                scan.append(pat)
+                scan.append(w)
                 continue
+            pat = "%" + w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             got = {r[0] for r in self._q(
                 "(SELECT id FROM tickets WHERE mailflow_ticket_text(doc) LIKE %s LIMIT %s) UNION "
                 "(SELECT ticket_id FROM messages WHERE mailflow_text(doc) LIKE %s AND ticket_id IS NOT NULL LIMIT %s)",
                 (pat, self.SEARCH_PROBE, pat, self.SEARCH_PROBE))}
             if len(got) >= self.SEARCH_PROBE:
-                scan.append(pat)  # common: the newest-first scan finds the limit soon
+                scan.append(w)  # common: the newest-first scan finds the limit soon
                 continue
             cands = got if cands is None else cands & got
         if cands is not None:
             where.append("t.id = ANY(%s)")
             args.append(list(cands))
-        for pat in scan:
-            where.append("(mailflow_ticket_text(t.doc) LIKE %s OR EXISTS (SELECT 1 FROM messages m WHERE "
-                         "m.ticket_id = t.id AND mailflow_text(m.doc) LIKE %s))")
-            args += [pat, pat]
+        # a page of ticket ids at a time, newest first; the words by position() (which no index
+        # answers, so the planner reads each page's messages through messages_ticket instead of
+        # a trigram index that cannot narrow these words)
+        word_sql = "".join(" AND (position(%s in mailflow_ticket_text(t.doc)) > 0 OR EXISTS (SELECT 1 FROM messages m "
+                           "WHERE m.ticket_id = t.id AND position(%s in mailflow_text(m.doc)) > 0))" for _w in scan)
+        word_args = [x for w in scan for x in (w, w)]
         out: list[dict] = []
         more = False
         with self.pool.connection() as c, c.transaction(), c.cursor(name="search") as cur:
-            cur.itersize = 200
-            cur.execute("SELECT t.doc, t.archived FROM tickets t" + (f" WHERE {' AND '.join(where)}" if where else "")
+            cur.itersize = 1000
+            cur.execute("SELECT t.id FROM tickets t" + (f" WHERE {' AND '.join(where)}" if where else "")
                         + " ORDER BY t.created_at DESC, t.id DESC", args)
-            for t, archived in cur:
-                msgs = self.messages_of_any(t["id"]) if (q.customer or q.words or archived) else []
-                if not _match(q, t, msgs):
-                    continue
-                if len(out) >= q.limit:
-                    more = True
+            while not more:
+                page = [r[0] for r in cur.fetchmany(1000 if scan else 200)]
+                if not page:
                     break
-                out.append(_row(t, archived, len(msgs) if archived else None))
+                rows = c.execute("SELECT t.doc, t.archived FROM tickets t WHERE t.id = ANY(%s)" + word_sql
+                                 + " ORDER BY t.created_at DESC, t.id DESC", [page, *word_args]).fetchall()
+                for t, archived in rows:
+                    msgs = self.messages_of_any(t["id"]) if (q.customer or q.words or archived) else []
+                    if not _match(q, t, msgs):
+                        continue
+                    if len(out) >= q.limit:
+                        more = True
+                        break
+                    out.append(_row(t, archived, len(msgs) if archived else None))
         return out, more
 
     def messages_of_any(self, tid: str) -> list[dict]:
