@@ -752,9 +752,12 @@ class PgStore:
             args.append(list(cands))
         # a page of ticket ids at a time, newest first; the words by position() (which no index
         # answers, so the planner reads each page's messages through messages_ticket instead of
-        # a trigram index that cannot narrow these words)
+        # a trigram index that cannot narrow these words). tickets.id is COLLATE "C" and
+        # messages.ticket_id is not: without the COLLATE the comparison cannot use messages_ticket
+        # (a sequential scan of every message per ticket)
         word_sql = "".join(" AND (position(%s in mailflow_ticket_text(t.doc)) > 0 OR EXISTS (SELECT 1 FROM messages m "
-                           "WHERE m.ticket_id = t.id AND position(%s in mailflow_text(m.doc)) > 0))" for _w in scan)
+                           "WHERE m.ticket_id = t.id COLLATE \"default\" AND position(%s in mailflow_text(m.doc)) > 0))"
+                           for _w in scan)
         word_args = [x for w in scan for x in (w, w)]
         out: list[dict] = []
         more = False
