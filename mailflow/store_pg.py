@@ -704,27 +704,27 @@ class PgStore:
                     cur.executemany("UPDATE tickets SET summary = %s WHERE id = %s AND xmin::text = %s AND NOT archived",
                                     fresh)
 
-    SEARCH_PROBE = 20_000  # tickets named by the indexes before a word counts as common (see search)
+    SEARCH_PROBE = 5_000  # tickets named by an index before a word counts as common (see search)
+    SEARCH_FIRST_PAGES = 5  # pages of 1,000 newest tickets read before the indexes are asked
 
     def search(self, q: Any) -> tuple[list[dict], bool]:
-        """Hot and archived tickets, newest first, through migration 2's indexes; search.py's exact
-        match (`_match`) decides, the SQL only narrows. An address is looked up in the address
-        indexes of tickets and messages (`mailflow_addrs`); a word of three or more letters in the
-        trigram indexes of their text (`mailflow_text`, `mailflow_ticket_text`). When the indexes
-        name few tickets (under SEARCH_PROBE) only those are read; when a word is common, or too
-        short for a trigram (a two-character Chinese word), the tickets are read newest first and
-        the scan stops at the limit, which a common word reaches soon."""
-        from mailflow.search import _match, _row
-
-        where, args = [], []
+        """Hot and archived tickets, newest first; search.py's exact match (`_match`) decides, the
+        SQL only narrows. An address is looked up in the address indexes of tickets and messages
+        (migration 2's `mailflow_addrs`). Words: the newest 5,000 tickets are read first, a page of
+        1,000 at a time with the words matched in SQL, which is all a common word needs to reach
+        the limit; if that does not, each word of three or more letters or digits is looked up in
+        the trigram indexes of the text (`mailflow_text`, `mailflow_ticket_text`) and, when they
+        name fewer than SEARCH_PROBE tickets, only those are read. A word no index narrows (a
+        rare two-character Chinese word) is matched page by page through the whole history."""
+        base, args = [], []
         if q.status:
-            where.append("t.status = %s")
+            base.append("t.status = %s")
             args.append(q.status)
         if q.created_from:
-            where.append("t.created_at >= %s")
+            base.append("t.created_at >= %s")
             args.append(q.created_from)
         if q.created_to:
-            where.append("t.created_at < %s")
+            base.append("t.created_at < %s")
             args.append(q.created_to)
         cands: set[str] | None = None
         if q.customer:
@@ -733,40 +733,54 @@ class PgStore:
                 "SELECT id FROM tickets WHERE mailflow_addrs(doc) @> ARRAY[%s] UNION "
                 "SELECT ticket_id FROM messages WHERE mailflow_addrs(doc) @> ARRAY[%s] AND ticket_id IS NOT NULL",
                 (a, a))}
-        scan: list[str] = []  # the words the indexes cannot narrow: matched while scanning newest first
-        for w in q.words:
-            if cands is not None and len(cands) < self.SEARCH_PROBE or not _trigrams(w):
-                scan.append(w)
-                continue
-            pat = "%" + w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            got = {r[0] for r in self._q(
-                "(SELECT id FROM tickets WHERE mailflow_ticket_text(doc) LIKE %s LIMIT %s) UNION "
-                "(SELECT ticket_id FROM messages WHERE mailflow_text(doc) LIKE %s AND ticket_id IS NOT NULL LIMIT %s)",
-                (pat, self.SEARCH_PROBE, pat, self.SEARCH_PROBE))}
-            if len(got) >= self.SEARCH_PROBE:
-                scan.append(w)  # common: the newest-first scan finds the limit soon
-                continue
-            cands = got if cands is None else cands & got
+        words = q.words
+        if cands is None and words:
+            out, more, done = self._search_pages(q, base, args, None, self.SEARCH_FIRST_PAGES)
+            if done:
+                return out, more
+            for w in words:
+                if not _trigrams(w):
+                    continue
+                pat = "%" + w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+                got = {r[0] for r in self._q(
+                    "(SELECT id FROM tickets WHERE mailflow_ticket_text(doc) LIKE %s LIMIT %s) UNION "
+                    "(SELECT ticket_id FROM messages WHERE mailflow_text(doc) LIKE %s AND ticket_id IS NOT NULL "
+                    "LIMIT %s)", (pat, self.SEARCH_PROBE, pat, self.SEARCH_PROBE))}
+                if len(got) < self.SEARCH_PROBE:
+                    cands = got if cands is None else cands & got
+        out, more, _done = self._search_pages(q, base, args, cands, None)
+        return out, more
+
+    def _search_pages(self, q: Any, base: list[str], args: list, cands: set[str] | None,
+                      max_pages: int | None) -> tuple[list[dict], bool, bool]:
+        """(rows, more, finished): tickets newest first, a page of ids at a time, the words matched
+        in SQL by position() (which no index answers, so each page's messages are read through
+        messages_ticket), then `_match`. Not finished: max_pages were read before the limit."""
+        from mailflow.search import _match, _row
+
+        where = list(base)
+        wargs = list(args)
         if cands is not None:
             where.append("t.id = ANY(%s)")
-            args.append(list(cands))
-        # a page of ticket ids at a time, newest first; the words by position() (which no index
-        # answers, so the planner reads each page's messages through messages_ticket instead of
-        # a trigram index that cannot narrow these words). tickets.id is COLLATE "C" and
-        # messages.ticket_id is not: without the COLLATE the comparison cannot use messages_ticket
-        # (a sequential scan of every message per ticket)
+            wargs.append(list(cands))
+        # tickets.id is COLLATE "C", messages.ticket_id is not: without the COLLATE the comparison
+        # cannot use messages_ticket (a sequential scan of every message per ticket)
         word_sql = "".join(" AND (position(%s in mailflow_ticket_text(t.doc)) > 0 OR EXISTS (SELECT 1 FROM messages m "
                            "WHERE m.ticket_id = t.id COLLATE \"default\" AND position(%s in mailflow_text(m.doc)) > 0))"
-                           for _w in scan)
-        word_args = [x for w in scan for x in (w, w)]
+                           for _w in q.words)
+        word_args = [x for w in q.words for x in (w, w)]
         out: list[dict] = []
         more = False
+        pages = 0
         with self.pool.connection() as c, c.transaction(), c.cursor(name="search") as cur:
             cur.itersize = 1000
             cur.execute("SELECT t.id FROM tickets t" + (f" WHERE {' AND '.join(where)}" if where else "")
-                        + " ORDER BY t.created_at DESC, t.id DESC", args)
+                        + " ORDER BY t.created_at DESC, t.id DESC", wargs)
             while not more:
-                page = [r[0] for r in cur.fetchmany(1000 if scan else 200)]
+                if max_pages is not None and pages >= max_pages:
+                    return out, more, False
+                page = [r[0] for r in cur.fetchmany(1000 if q.words else 200)]
+                pages += 1
                 if not page:
                     break
                 rows = c.execute("SELECT t.doc, t.archived FROM tickets t WHERE t.id = ANY(%s)" + word_sql
@@ -779,7 +793,7 @@ class PgStore:
                         more = True
                         break
                     out.append(_row(t, archived, len(msgs) if archived else None))
-        return out, more
+        return out, more, True
 
     def messages_of_any(self, tid: str) -> list[dict]:
         return [r[0] for r in self._q("SELECT doc FROM messages WHERE ticket_id = %s ORDER BY k", (tid,))]

@@ -38,18 +38,22 @@ QUERIES = [Query(customer="wang@customer.example"), Query(text="增值税 发票
 
 
 def test_search_index_and_scan_paths_agree(tmp_path, backend, monkeypatch):
-    """A word the trigram index narrows, and the same word when it counts as common (the probe
-    limit at 1: newest-first scan), give the same tickets in the same order."""
+    """The first newest-first pages, a word the trigram index narrows, and the same word when it
+    counts as common (the probe limit at 1: a scan of every page) give the same tickets in the
+    same order."""
     _pg_only(backend)
     cfg = config_mod.load(str(test_search._data(tmp_path)))
     store = open_store(cfg)
     try:
+        first = [store.search(q) for q in QUERIES]
+        monkeypatch.setattr(type(store), "SEARCH_FIRST_PAGES", 0)  # straight to the indexes
         narrowed = [store.search(q) for q in QUERIES]
         monkeypatch.setattr(type(store), "SEARCH_PROBE", 1)
         scanned = [store.search(q) for q in QUERIES]
     finally:
         store.close()
     assert [(_ids(r), more) for r, more in narrowed] == [(_ids(r), more) for r, more in scanned]
+    assert [(_ids(r), more) for r, more in narrowed] == [(_ids(r), more) for r, more in first]
     assert _ids(narrowed[1][0]) == ["CW202611220001", "CW202607010001"]
     assert narrowed[4][1] is True and len(narrowed[4][0]) == 1  # the limit, and "more"
     assert _ids(narrowed[6][0]) == ["CW202608150001"]
