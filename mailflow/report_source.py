@@ -241,9 +241,10 @@ def iter_summaries(store, cfg: Config, created_from: int | None = None, created_
         if on_progress is not None and n % 1000 == 0:
             on_progress(n)
     indexed = getattr(store, "iter_archived_summaries", None)
+    texts = getattr(store, "archived_summary_texts", None)  # PostgreSQL: filtered in SQL, parsed here
     if indexed is not None:
-        kw = {"last_from": skip_before, "full_from": full_from} if getattr(store, "backend", "") == "postgresql" else {}
-        got = _from_index(indexed, hot_ids, created_from, created_to, **kw)
+        got = (_from_index(texts, hot_ids, created_from, created_to, last_from=skip_before, full_from=full_from)
+               if texts is not None else _from_index(indexed, hot_ids, created_from, created_to))
         first = next(got, None)
         if first is None or first.get("v") == summary.VERSION:
             if first is not None:

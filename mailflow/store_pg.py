@@ -643,11 +643,17 @@ class PgStore:
     def archived_count(self) -> int:
         return self._q1("SELECT count(*) FROM tickets WHERE archived")
 
-    def iter_archived_summaries(self, created_from: str | None = None, created_to: str | None = None, *,
-                                last_from: int | None = None, full_from: int | None = None) -> Iterator[str]:
-        """The JSON text of each archived ticket's summary (the caller parses it: orjson, not the
-        driver's json), created in [created_from, created_to), in creation order, streamed with a
-        server-side cursor: flat memory.
+    def iter_archived_summaries(self, created_from: str | None = None,
+                                created_to: str | None = None) -> Iterator[dict]:
+        """Streamed with a server-side cursor over (archived, created_at, id): flat memory."""
+        for text in self.archived_summary_texts(created_from, created_to):
+            yield orjson.loads(text)
+
+    def archived_summary_texts(self, created_from: str | None = None, created_to: str | None = None, *,
+                               last_from: int | None = None, full_from: int | None = None) -> Iterator[str]:
+        """The JSON text of each archived ticket's summary (reports parse it with orjson, without
+        the driver's work), created in [created_from, created_to), in creation order, streamed with
+        a server-side cursor: flat memory.
 
         Pushed into SQL for reports (report_source passes them): `last_from` leaves out tickets
         whose last activity (`last`, epoch seconds) came before it (they count in no period of the
