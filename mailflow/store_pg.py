@@ -706,7 +706,11 @@ class PgStore:
                 fresh.append((_j({**s, "_fp": fp}), tid, xmin))
                 yield tid, s
             if fresh and not self._in_my_batch():
-                with contextlib.suppress(psycopg.Error), self.pool.connection() as c, c.cursor() as cur:
+                # a row a daemon's batch holds is left for next time, not waited for: a report
+                # never waits on the daemon (lock_timeout), and a failed write-back is only a miss
+                with contextlib.suppress(psycopg.Error), self.pool.connection() as c, c.transaction(), \
+                        c.cursor() as cur:
+                    cur.execute("SET LOCAL lock_timeout = '200ms'")
                     cur.executemany("UPDATE tickets SET summary = %s WHERE id = %s AND xmin::text = %s AND NOT archived",
                                     fresh)
 
