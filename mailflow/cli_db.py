@@ -55,7 +55,7 @@ def db_upgrade(obj) -> None:
 @db.command("migrate")
 @click.option("--from", "src", type=click.Choice(["tinydb"]), required=True, help="Where the data is now.")
 @click.option("--to", "dst", type=click.Choice(["postgresql"]), required=True, help="Where it goes.")
-@click.option("--batch-size", default=500, show_default=True, help="Tickets per transaction.")
+@click.option("--batch-size", default=5000, show_default=True, help="Tickets per transaction.")
 @click.pass_obj
 def db_migrate(obj, src: str, dst: str, batch_size: int) -> None:
     """Copy the TinyDB store in [storage] data_dir (hot and archived tickets, messages, outbox rows

@@ -110,6 +110,34 @@ MIGRATIONS: list[str] = [
     CREATE INDEX quarantine_hash ON quarantine (hash);
     CREATE INDEX quarantine_spool ON quarantine (spool);
     """,
+    # 2: what the CLI needs on a large store (issue 16's 1M-ticket benchmark): search by words and
+    # by address through indexes instead of reading every document, newest tickets first
+    """
+    CREATE EXTENSION IF NOT EXISTS pg_trgm;
+    -- the text `tickets search TEXT` matches (search.py `_has_words`): a message's subject and
+    -- text, a ticket's subject and customer name, lower case
+    CREATE FUNCTION mailflow_text(d jsonb) RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
+        AS $$ SELECT lower(coalesce(d->>'subject', '') || E'\n' || coalesce(d->>'text', '')) $$;
+    CREATE FUNCTION mailflow_ticket_text(d jsonb) RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
+        AS $$ SELECT lower(coalesce(d->>'subject', '') || E'\n' || coalesce(d->>'customer_name', '')) $$;
+    -- every address a document concerns (search.py `_concerns`): a message's from, to and cc, a
+    -- ticket's customer and participants, lower case
+    CREATE FUNCTION mailflow_addrs(d jsonb) RETURNS text[] LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+        SELECT coalesce(array_agg(DISTINCT lower(a)), '{}') FROM (
+            SELECT d->>'from' UNION ALL SELECT d->>'customer_email'
+            UNION ALL SELECT jsonb_array_elements_text(CASE WHEN jsonb_typeof(d->'to') = 'array' THEN d->'to'
+                                                       ELSE '[]' END)
+            UNION ALL SELECT jsonb_array_elements_text(CASE WHEN jsonb_typeof(d->'cc') = 'array' THEN d->'cc'
+                                                       ELSE '[]' END)
+            UNION ALL SELECT jsonb_array_elements_text(CASE WHEN jsonb_typeof(d->'participants') = 'array'
+                                                       THEN d->'participants' ELSE '[]' END)) x(a)
+        WHERE a LIKE '%@%' $$;
+    CREATE INDEX messages_text ON messages USING gin (mailflow_text(doc) gin_trgm_ops);
+    CREATE INDEX tickets_text ON tickets USING gin (mailflow_ticket_text(doc) gin_trgm_ops);
+    CREATE INDEX messages_addrs ON messages USING gin (mailflow_addrs(doc));
+    CREATE INDEX tickets_addrs ON tickets USING gin (mailflow_addrs(doc));
+    CREATE INDEX tickets_newest ON tickets (created_at, id);
+    """,
 ]
 
 VERSION = len(MIGRATIONS)  # the schema this mailflow knows

@@ -88,7 +88,7 @@ def build(store: StoreAPI | None, cfg: Config, period: Period, now: datetime, *,
     created_from = int(Period("range", first, first, period.timezone).start.timestamp())
     created_to = min(int(period.end.timestamp()), int(now.timestamp()) + 1)
     summaries = iter_summaries(store, cfg, created_from, created_to, skip_before=int(oldest.start.timestamp()),
-                               on_progress=on_progress)
+                               full_from=int(period.shifted(-1).start.timestamp()), on_progress=on_progress)
     names = {s.email: s.name for s in cfg.staff}
     return compute(summaries, period, now, team=team, by=by, rows=rows,
                    locale=locale or cfg.reports.locale or cfg.default_locale, company=cfg.company_name,

@@ -217,31 +217,34 @@ def _newest(lines: list[bytes]) -> Iterator[bytes]:
 
 
 def iter_summaries(store, cfg: Config, created_from: int | None = None, created_to: int | None = None, *,
-                   skip_before: int | None = None, on_progress: Callable[[int], None] | None = None
-                   ) -> Iterator[dict]:
+                   skip_before: int | None = None, full_from: int | None = None,
+                   on_progress: Callable[[int], None] | None = None) -> Iterator[dict]:
     """Summaries of every hot ticket created before `created_to` (an open ticket of any age is
     backlog) and of every archived ticket created in [created_from, created_to) (epoch seconds;
     None: unbounded); a hot copy beats an archived one, the newest archived copy beats older ones.
 
     `skip_before`: archived tickets whose last activity came before it may be left out (they cannot
-    count in any period that starts later). `store` may be None (no data directory yet)."""
+    count in any period that starts later). `full_from`: an archived ticket whose last activity came
+    before it may come with only what the CSAT trend's older periods read (report_metrics.compute:
+    v, id, created, last, status, team, rat), and not at all without a rating: a store that can
+    filter in its query does (PostgreSQL), the others ignore it. `store` may be None (no data
+    directory yet)."""
     if store is None:
         return
     hot_ids: set[str] = set()
     n = 0
-    with store.mutex:  # a snapshot: the daemon's threads replace fields and event lists, never edit them
-        hot = [dict(t) for t in store.all_tickets()]
-    for t in hot:
-        hot_ids.add(t.get("id"))
-        s = summary.summarize(t, cfg)
+    for tid, s in _hot_summaries(store, cfg):
+        hot_ids.add(tid)
         if s["created"] is not None and (created_to is None or s["created"] < created_to):
             yield s
         n += 1
         if on_progress is not None and n % 1000 == 0:
             on_progress(n)
     indexed = getattr(store, "iter_archived_summaries", None)
+    texts = getattr(store, "archived_summary_texts", None)  # PostgreSQL: filtered in SQL, parsed here
     if indexed is not None:
-        got = _from_index(indexed, hot_ids, created_from, created_to)
+        got = (_from_index(texts, hot_ids, created_from, created_to, last_from=skip_before, full_from=full_from)
+               if texts is not None else _from_index(indexed, hot_ids, created_from, created_to))
         first = next(got, None)
         if first is None or first.get("v") == summary.VERSION:
             if first is not None:
@@ -272,11 +275,25 @@ def iter_summaries(store, cfg: Config, created_from: int | None = None, created_
             yield s
 
 
-def _from_index(indexed, hot_ids: set[str], created_from: int | None, created_to: int | None) -> Iterator[dict]:
+def _hot_summaries(store, cfg: Config) -> Iterator[tuple[str, dict]]:
+    """(id, summary) of every hot ticket: the store's cache of them where it keeps one (PostgreSQL:
+    `PgStore.hot_summaries`), else summarized here."""
+    cached = getattr(store, "hot_summaries", None)
+    if cached is not None:
+        yield from cached(cfg)
+        return
+    with store.mutex:  # a snapshot: the daemon's threads replace fields and event lists, never edit them
+        hot = [dict(t) for t in store.all_tickets()]
+    for t in hot:
+        yield t.get("id"), summary.summarize(t, cfg)
+
+
+def _from_index(indexed, hot_ids: set[str], created_from: int | None, created_to: int | None, **kw
+                ) -> Iterator[dict]:
     def iso(ts: int | None) -> str | None:
         return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts is not None else None
 
-    for s in indexed(created_from=iso(created_from), created_to=iso(created_to)):
+    for s in indexed(created_from=iso(created_from), created_to=iso(created_to), **kw):
         if isinstance(s, bytes | str):
             s = _loads(s)
         if s.get("id") in hot_ids:

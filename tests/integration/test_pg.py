@@ -8,7 +8,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mailflow import resources
+from mailflow import pg_schema, resources
 from mailflow.spool import Segments
 from mailflow.store import Store
 from tests.integration.helpers import mailflow
@@ -32,10 +32,11 @@ def test_upgrade_check_and_refusal(tmp_path, pg_server):
     assert r.returncode == 1 and "mailflow db upgrade" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = mailflow(cfg, "check", check=False)
     assert r.returncode == 1 and "schema version 0" in r.stderr and "mailflow db upgrade" in r.stderr
-    assert "upgraded from version 0 to 1" in mailflow(cfg, "db", "upgrade").stdout
-    assert "up to date (version 1)" in mailflow(cfg, "db", "upgrade").stdout
+    v = pg_schema.VERSION
+    assert f"upgraded from version 0 to {v}" in mailflow(cfg, "db", "upgrade").stdout
+    assert f"up to date (version {v})" in mailflow(cfg, "db", "upgrade").stdout
     out = mailflow(cfg, "check").stdout
-    assert "PostgreSQL 1" in out and "schema version 1 (current)" in out
+    assert "PostgreSQL 1" in out and f"schema version {v} (current)" in out
     assert mailflow(cfg, "tickets", "list", "--json").stdout.strip() == "[]"
     r = mailflow(_cfg(tmp_path, "postgresql://nobody@127.0.0.1:1/x"), "check", check=False)
     assert r.returncode == 1 and "FAILED" in r.stderr
@@ -193,3 +194,43 @@ def test_run_once_leaves_alone_what_a_daemon_holds(tmp_path, pg_dsn):
         assert {x["name"] for x in s.leases() if x["live"]} == {"daemon:other"}  # it gave its own back
     finally:
         s.close()
+
+
+def test_migrate_report_summaries(tmp_path, pg_server):
+    """Archived tickets get the report summary the reports would compute: from the reports' month
+    cache when it covers them (nothing recomputed), else computed; never the plain fields an
+    index built without a config holds."""
+    from mailflow import config, summary
+    from mailflow.storeapi import open_store
+
+    data = tmp_path / "data"
+    tiny = _cfg(tmp_path, None, data)
+    s = Store(data)
+    with s.batch():
+        for i, day in enumerate((3, 5, 9), 1):
+            tid = f"CW2026100{day}000{i}"
+            s.add_ticket({"id": tid, "status": "closed", "customer_email": f"c{i}@x.example", "subject": f"s{i}",
+                          "created_at": f"2026-10-0{day}T01:00:00+00:00", "closed_at": f"2026-10-0{day}T05:00:00+00:00",
+                          "events": [{"at": f"2026-10-0{day}T01:00:00+00:00", "kind": "created", "actor": "system"}]})
+        assert s.archive(3.0, now=datetime(2026, 11, 1, tzinfo=UTC)) == 3
+    s.close()
+    cfg = config.load(str(tiny))
+
+    def summaries(dsn: str) -> dict:
+        c = config.load(str(_cfg(tmp_path, dsn, data)))
+        ps = open_store(c)
+        try:
+            return {r[0]: r[1] for r in ps._q("SELECT id, summary FROM tickets WHERE archived")}
+        finally:
+            ps.close()
+
+    want = {e["ticket"]["id"]: summary.summarize(e["ticket"], cfg) for e in
+            (Store(data, create=False).archived_ticket(t) for t in ("CW202610030001", "CW202610050002",
+                                                                    "CW202610090003"))}
+    cold = pg_server.new_database()
+    out = mailflow(_cfg(tmp_path, cold, data), "db", "migrate", "--from", "tinydb", "--to", "postgresql").stdout
+    assert "(3 report summaries computed" in out and summaries(cold) == want
+    mailflow(tiny, "report", "--month", "2026-10")  # the TinyDB reports' month cache
+    warm = pg_server.new_database()
+    out = mailflow(_cfg(tmp_path, warm, data), "db", "migrate", "--from", "tinydb", "--to", "postgresql").stdout
+    assert "(0 report summaries computed" in out and summaries(warm) == want
