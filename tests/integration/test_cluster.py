@@ -64,6 +64,12 @@ class Daemon:
         self.p.wait(10)
 
     def stop(self) -> int:
+        # a daemon restarted a moment ago may still be importing (SIGTERM before its handler is
+        # installed just ends it): let it reach "ready" first
+        end = time.monotonic() + 30
+        while self.p.poll() is None and "ready:" not in self.logs[-1].read_text(errors="replace") \
+                and time.monotonic() < end:
+            time.sleep(0.1)
         if self.p.poll() is None:
             self.p.send_signal(signal.SIGTERM)
             try:

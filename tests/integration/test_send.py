@@ -414,9 +414,13 @@ def test_kill_9_during_a_flush_of_1000_mails_duplicates_at_most_one_per_kill(tmp
     rng = random.Random(11)
     kills = 0
     for _ in range(8):
+        # killed once the sink has taken a random share of what is left: always in the middle of a flush
+        before = len(smtp_sink.messages)
+        at = before + rng.randint(20, 120)
         p = subprocess.Popen([sys.executable, "-m", "mailflow", "--config", str(cfg), "run", "--once"], env=env,
                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(1.0, 2.5))
+        while p.poll() is None and len(smtp_sink.messages) < at:
+            time.sleep(0.005)
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
             kills += 1
