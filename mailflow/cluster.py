@@ -9,6 +9,9 @@ server's clock and a fencing token that grows with every new holder (mailflow/st
   `store.fence(name, me, token)`: the lease row stays share-locked until the commit, so a daemon
   that lost its lease (paused, cut off from the database) cannot commit another batch, and nobody
   can take the lease while a batch of the holder may still commit.
+* A daemon of the same host whose process is gone (kill -9, OOM) has its leases ended at once by
+  the next check of any daemon (or `run --once`) there; one on another host is taken over when its
+  leases run out. `$MAILFLOW_HOST_ID` names the host when containers share a hostname.
 * `holds()` is judged on this process's monotonic clock, conservatively: a lease counts as ours until
   two check intervals before the database lets it expire. The database row lives `lease_seconds`
   less one interval after each renewal, so when a daemon dies (kill -9, machine gone) another one
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +39,30 @@ SCHEDULER = "scheduler"
 
 def mailbox_lease(name: str) -> str:
     return f"mailbox:{name}"
+
+
+def dead_here(holder: str, me: str) -> bool:
+    """True if `holder` (host:pid:random) ran on this host and its process is gone: its leases need
+    not run out (a `run --once` after a crash, a daemon restarted by systemd, go on at once). A
+    holder on another host, or a pid that is alive (even reused), is never judged dead here."""
+    from mailflow.store_pg import daemon_host
+
+    try:
+        host, pid_s, _r = holder.rsplit(":", 2)
+        pid = int(pid_s)
+    except ValueError:
+        return False
+    if holder == me or host != daemon_host() or pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True  # the pid is ours now: that process is gone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
 
 
 class Leases:
@@ -123,6 +151,12 @@ class Leases:
                     log.warning("lease %s lost (another daemon holds it now, or it ran out)", n)
         if own not in self._held:
             self._take(own, t0)
+        # a daemon of this host that died (kill -9, OOM): its leases go now, not when they run out
+        for holder in {x["holder"] for x in self.store.leases() if x["live"]}:
+            if dead_here(holder, self.me):
+                n = self.store.lease_reap(holder)
+                if n:
+                    log.warning("daemon %s on this host is gone: its %d lease(s) are free now", holder, n)
         # hand back what we were asked to, once its worker is out of its batch
         for n in sorted(self._releasing):
             if not self.busy(n):

@@ -63,9 +63,15 @@ def _j(v: Any) -> Jsonb:
     return Jsonb(v, dumps=lambda o: json.dumps(o, ensure_ascii=False, separators=(",", ":")))
 
 
+def daemon_host() -> str:
+    """This host's name in daemon ids: `$MAILFLOW_HOST_ID` if set (containers that share a hostname
+    but not a process table must set it to something unique), else the hostname."""
+    return (os.environ.get("MAILFLOW_HOST_ID") or socket.gethostname()).replace(":", "_")
+
+
 def daemon_id() -> str:
     """host:pid:random: names this process's rows (daemons) and files (spool segments)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+    return f"{daemon_host()}:{os.getpid()}:{os.urandom(3).hex()}"
 
 
 def _ticket_cols(t: dict) -> tuple:
@@ -1012,6 +1018,11 @@ class PgStore:
         """Let `name` go now (another daemon may take it at once)."""
         self._auto("UPDATE leases SET expires_at = now() WHERE name = %s AND holder = %s AND token = %s "
                    "AND expires_at > now()", (name, holder, int(token)))
+
+    def lease_reap(self, holder: str) -> int:
+        """Let every lease of `holder` run out now (a daemon known to be dead); how many were live."""
+        return len(self._auto("UPDATE leases SET expires_at = now() WHERE holder = %s AND expires_at > now() "
+                              "RETURNING name", (holder,)))
 
     def leases(self) -> list[dict]:
         """Every lease: who holds it (or held it last), its token and whether it is still live."""

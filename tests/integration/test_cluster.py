@@ -43,8 +43,8 @@ def _config(tmp: Path, dsn: str, dovecot, users: list[str], smtp=None, lease: fl
 class Daemon:
     """One `mailflow run` subprocess, its log in a file."""
 
-    def __init__(self, cfg: Path, tag: str):
-        self.cfg, self.tag = cfg, tag
+    def __init__(self, cfg: Path, tag: str, host: str | None = None):
+        self.cfg, self.tag, self.host = cfg, tag, host  # host: as if on a machine of that name
         self.logs: list[Path] = []
         self.p: subprocess.Popen | None = None
         self.start()
@@ -54,6 +54,8 @@ class Daemon:
         self.logs.append(log)
         env = dict(os.environ, PYTHONPATH=str(REPO))
         env.pop("NOTIFY_SOCKET", None)
+        if self.host:
+            env["MAILFLOW_HOST_ID"] = self.host
         with open(log, "wb") as f:
             self.p = subprocess.Popen([sys.executable, "-m", "mailflow", "--config", str(self.cfg),
                                        "--log-level", "info", "run"], env=env, cwd=REPO,
@@ -105,6 +107,24 @@ def _wait(cond, timeout: float, step: float = 0.2, what: str = "") -> None:
 
 def _ticket_count(dsn: str) -> int:
     return _q(dsn, "SELECT count(*) FROM tickets")[0][0]
+
+
+def test_a_dead_daemon_of_this_host_is_taken_over_at_once(tmp_path, pg_dsn, dovecot_server):
+    """kill -9 of a daemon (or of `run --once`): on the same host its leases end at the next check of
+    whoever looks, not after lease_seconds; `run --once` right after the crash goes on."""
+    u = new_user(dovecot_server, "k")
+    cfg = _config(tmp_path, pg_dsn, dovecot_server, [u], lease=60)
+    a = Daemon(cfg, "a")
+    try:
+        _wait(lambda: f"mailbox:{u}" in _holders(pg_dsn), 30, what="a holds the mailbox")
+        a.kill9()
+        dovecot_server.append(u, make_mail(1, subject="after the crash"))
+        t0 = time.monotonic()
+        r = mailflow(cfg, "run", "--once")
+        assert "1 new tickets" in r.stdout, r.stdout
+        assert time.monotonic() - t0 < 30 and "is gone" in r.stderr, r.stderr
+    finally:
+        a.stop()
 
 
 def _pids(holders: dict[str, str]) -> dict[str, int]:
@@ -221,7 +241,9 @@ def test_failover_kill_9_two_daemons_1000_mails(tmp_path, pg_dsn, dovecot_server
     cfg = _config(tmp_path, pg_dsn, dovecot_server, users, smtp_sink, batch_size=25)
     n_new, n_replies = 900, 100
     per = _failover_mail(n_new, n_replies, users)
-    daemons = [Daemon(cfg, "a"), Daemon(cfg, "b")]
+    # as on two machines: neither can see the other's process die, so each kill is taken over only
+    # when the victim's leases run out (a restart on its own "machine" ends its predecessor's at once)
+    daemons = [Daemon(cfg, "a", host="host-a"), Daemon(cfg, "b", host="host-b")]
     rng = random.Random(16)
     kills, takeovers = 0, []
     try:
