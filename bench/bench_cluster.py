@@ -35,7 +35,16 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import corpus  # noqa: E402
-from bench.run import PASSWORD, TimedSink, git_rev, machine, mailflow_env  # noqa: E402
+from bench.run import (  # noqa: E402
+    PASSWORD,
+    TimedSink,
+    config_head,
+    git_rev,
+    machine,
+    mailbox_toml,
+    mailflow_env,
+    smtp_toml,
+)
 from tests.support.dovecot import Dovecot  # noqa: E402
 from tests.support.postgres import Postgres  # noqa: E402
 
@@ -69,37 +78,8 @@ def pids_named(*names: str) -> list[int]:
 
 
 def config(path: Path, data: Path, dsn: str, dv: Dovecot, users: list[str], sink: TimedSink) -> Path:
-    boxes = "".join(f"""
-[[mailbox]]
-name = "{u}"
-host = "{dv.host}"
-port = {dv.port}
-tls = "none"
-user = "{u}"
-password = "{PASSWORD}"
-address = "support@support.example"
-after = "seen"
-timeout = 60
-""" for u in users)
-    path.write_text(f"""[storage]
-data_dir = "{data}"
-backend = "postgresql"
-dsn = "{dsn}"
-lease_seconds = 6
-
-[company]
-name = "Bench Co."
-
-[outbound]
-max_auto_per_hour = 1000000
-max_auto_per_ticket = 1000000
-{boxes}
-[smtp]
-host = "{sink.host}"
-port = {sink.port}
-tls = "none"
-timeout = 60
-""", encoding="utf-8")
+    path.write_text(config_head(data, dsn, storage="lease_seconds = 6\n", by="bench/bench_cluster.py")
+                    + "".join(mailbox_toml(dv, u) for u in users) + smtp_toml(sink), encoding="utf-8")
     return path
 
 

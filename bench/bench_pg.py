@@ -43,13 +43,15 @@ if str(REPO) not in sys.path:
 
 from bench import corpus  # noqa: E402
 from bench.run import (  # noqa: E402
-    PASSWORD,
     BenchError,
     TimedSink,
+    config_head,
     fill_mailbox,
     machine,
+    mailbox_toml,
     mailflow_env,
     run_measured,
+    smtp_toml,
 )
 from tests.support.dovecot import Dovecot  # noqa: E402
 from tests.support.postgres import Postgres, find_bin  # noqa: E402
@@ -100,40 +102,9 @@ class KeptPostgres(Postgres):
 
 def write_config(path: Path, data_dir: Path, dsn: str, dv: Dovecot | None = None, user: str = "",
                  sink: TimedSink | None = None, mailbox: str = "bench", batch_size: int = 100) -> Path:
-    text = f"""\
-# mailflow 1M PostgreSQL benchmark config (written by bench/bench_pg.py)
-[storage]
-data_dir = "{data_dir}"
-backend = "postgresql"
-dsn = "{dsn}"
-
-[company]
-name = "Bench Co."
-
-[outbound]
-max_auto_per_hour = 1000000
-max_auto_per_ticket = 1000000
-"""
+    text = config_head(data_dir, dsn, by="bench/bench_pg.py")
     if dv is not None:
-        text += f"""
-[[mailbox]]
-name = "{mailbox}"
-host = "{dv.host}"
-port = {dv.port}
-tls = "none"
-user = "{user}"
-password = "{PASSWORD}"
-address = "support@support.example"
-after = "seen"
-batch_size = {batch_size}
-timeout = 60
-
-[smtp]
-host = "{sink.host}"
-port = {sink.port}
-tls = "none"
-timeout = 60
-"""
+        text += mailbox_toml(dv, user, mailbox, batch_size) + smtp_toml(sink)
     path.write_text(text, encoding="utf-8")
     return path
 

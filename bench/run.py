@@ -129,14 +129,14 @@ def git_rev() -> str:
 
 # ---- helpers --------------------------------------------------------------------------------------
 
-def write_config(path: Path, data_dir: Path, dv: Dovecot, user: str, sink: SmtpSink, batch_size: int,
-                 dsn: str | None = None) -> Path:
+def config_head(data_dir: Path, dsn: str | None = None, storage: str = "", by: str = "bench/run.py") -> str:
+    """[storage], [company] and [outbound] of every benchmark config (`storage`: more [storage] keys)."""
     pg = f'backend = "postgresql"\ndsn = "{dsn}"\n' if dsn else ""
-    path.write_text(f"""\
-# mailflow benchmark config (written by bench/run.py)
+    return f"""\
+# mailflow benchmark config (written by {by})
 [storage]
 data_dir = "{data_dir}"
-{pg}
+{pg}{storage}
 [company]
 name = "Bench Co."
 
@@ -144,9 +144,15 @@ name = "Bench Co."
 # the corpus has repeat senders: flood caps would suppress acknowledgements
 max_auto_per_hour = 1000000
 max_auto_per_ticket = 1000000
+"""
 
+
+def mailbox_toml(dv: Dovecot, user: str, name: str | None = None, batch_size: int | None = None) -> str:
+    """One [[mailbox]] on the benchmark's Dovecot (`batch_size` None: mailflow's default)."""
+    batch = f"batch_size = {batch_size}\n" if batch_size is not None else ""
+    return f"""
 [[mailbox]]
-name = "{MAILBOX}"
+name = "{name or user}"
 host = "{dv.host}"
 port = {dv.port}
 tls = "none"
@@ -154,15 +160,24 @@ user = "{user}"
 password = "{PASSWORD}"
 address = "support@support.example"
 after = "seen"
-batch_size = {batch_size}
-timeout = 60
+{batch}timeout = 60
+"""
 
+
+def smtp_toml(sink: SmtpSink) -> str:
+    return f"""
 [smtp]
 host = "{sink.host}"
 port = {sink.port}
 tls = "none"
 timeout = 60
-""", encoding="utf-8")
+"""
+
+
+def write_config(path: Path, data_dir: Path, dv: Dovecot, user: str, sink: SmtpSink, batch_size: int,
+                 dsn: str | None = None) -> Path:
+    path.write_text(config_head(data_dir, dsn) + mailbox_toml(dv, user, MAILBOX, batch_size) + smtp_toml(sink),
+                    encoding="utf-8")
     return path
 
 

@@ -343,33 +343,10 @@ CLI = [("tickets list", ["tickets", "list"]), ("status", ["status"]), ("outbox l
 
 
 def _config(path: Path, data_dir: Path, dv, user: str, sink) -> Path:
-    from bench.run import PASSWORD
+    from bench.run import config_head, mailbox_toml, smtp_toml
 
-    path.write_text(f"""\
-[storage]
-data_dir = "{data_dir}"
-[company]
-name = "Bench Co."
-[outbound]
-max_auto_per_hour = 1000000
-max_auto_per_ticket = 1000000
-[[mailbox]]
-name = "{user}"
-host = "{dv.host}"
-port = {dv.port}
-tls = "none"
-user = "{user}"
-password = "{PASSWORD}"
-address = "support@support.example"
-after = "seen"
-batch_size = 100
-timeout = 60
-[smtp]
-host = "{sink.host}"
-port = {sink.port}
-tls = "none"
-timeout = 60
-""", encoding="utf-8")
+    path.write_text(config_head(data_dir, by="bench/scale.py") + mailbox_toml(dv, user, batch_size=100)
+                    + smtp_toml(sink), encoding="utf-8")
     return path
 
 
