@@ -788,9 +788,11 @@ def status(obj: Ctx, as_json: bool) -> None:
         for x in out["leases"]:
             if not x["name"].startswith("daemon:"):
                 click.echo(f"  {x['name']}: held by {x['holder']} (token {x['token']}, until {x['expires_at']})")
+        from mailflow.cluster import mailbox_lease
+
         held = {x["name"] for x in out["leases"]}
         for m in out["mailboxes"]:
-            if f"mailbox:{m['name']}" not in held:
+            if mailbox_lease(m["name"]) not in held:
                 click.echo(f"  mailbox:{m['name']}: nobody works it now")
 
 

@@ -151,12 +151,15 @@ class Leases:
                     log.warning("lease %s lost (another daemon holds it now, or it ran out)", n)
         if own not in self._held:
             self._take(own, t0)
-        # a daemon of this host that died (kill -9, OOM): its leases go now, not when they run out
-        for holder in {x["holder"] for x in self.store.leases() if x["live"]}:
-            if dead_here(holder, self.me):
-                n = self.store.lease_reap(holder)
-                if n:
-                    log.warning("daemon %s on this host is gone: its %d lease(s) are free now", holder, n)
+        # one look at every live lease: a daemon of this host that died (kill -9, OOM) has its leases
+        # ended now, not when they run out; the other daemons' own leases say how many share the work
+        live = [x for x in self.store.leases() if x["live"]]
+        gone = {x["holder"] for x in live if dead_here(x["holder"], self.me)}
+        for holder in gone:
+            n = self.store.lease_reap(holder)
+            if n:
+                log.warning("daemon %s on this host is gone: its %d lease(s) are free now", holder, n)
+        daemons = max(1, sum(1 for x in live if x["name"].startswith("daemon:") and x["holder"] not in gone))
         # hand back what we were asked to, once its worker is out of its batch
         for n in sorted(self._releasing):
             if not self.busy(n):
@@ -167,15 +170,14 @@ class Leases:
         if self.greedy:
             share = len(self.mailboxes)
         else:
-            live = max(1, len(self.store.live_daemons()))
-            share = math.ceil(len(self.mailboxes) / live) if self.mailboxes else 0
+            share = math.ceil(len(self.mailboxes) / daemons) if self.mailboxes else 0
         if len(mine) > share:
             with self._mu:
                 if not self._releasing & set(mine):
                     n = mine[-1]
                     self._releasing.add(n)
-                    log.info("lease %s: handing it back (%d daemons share %d mailboxes)", n,
-                             max(1, len(self.store.live_daemons())), len(self.mailboxes))
+                    log.info("lease %s: handing it back (%d daemons share %d mailboxes)", n, daemons,
+                             len(self.mailboxes))
         elif len(mine) < share:
             for n in self.mailboxes:
                 if n not in self._held and self._take(n, t0):

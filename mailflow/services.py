@@ -60,7 +60,7 @@ def run_once(rt: Runtime, echo: Echo, err: Echo) -> PassReport:
     thread (rows become visible to it only once their batch is committed), then a last flush of
     everything still due, then housekeeping. On PostgreSQL with daemons running it does only what
     no daemon holds a lease for (mailboxes, the scheduler), and sends only the rows it claims."""
-    from mailflow.cluster import SCHEDULER
+    from mailflow.cluster import SCHEDULER, mailbox_lease
     from mailflow.daemon import Sender
     from mailflow.fetch import FetchError
     from mailflow.mailboxes import MailboxWorker
@@ -74,7 +74,7 @@ def run_once(rt: Runtime, echo: Echo, err: Echo) -> PassReport:
         return rep
     leases = join_cluster(p.store, rt.cfg, greedy=True, info={"mode": "run --once"})
     try:
-        mine = [mb for mb in rt.cfg.mailboxes if leases is None or leases.holds(f"mailbox:{mb.name}")]
+        mine = [mb for mb in rt.cfg.mailboxes if leases is None or leases.holds(mailbox_lease(mb.name))]
         scheduler = leases is None or leases.holds(SCHEDULER)
         if leases is not None and rt.cfg.mailboxes and not mine:
             err("a mailflow daemon is running on the database and works every mailbox; it already does "
