@@ -14,7 +14,7 @@ import click
 from mailflow import __version__, cli_data, cli_db, cli_report, resources
 from mailflow import config as config_mod
 from mailflow.cliutil import GlobalOptionsGroup
-from mailflow.clock import Clock
+from mailflow.clock import Clock, iso
 from mailflow.errors import ProblemsError
 from mailflow.privacy import MaskAddresses
 from mailflow.spool import Spool
@@ -491,24 +491,35 @@ def tickets_list(obj: Ctx, status: str | None, overdue: bool, due_within: str | 
         total, everything = store.newest_hot_tickets(n)
         if n is not None and total > n:
             click.echo(f"showing the newest {n:,} of {total:,} tickets (--limit N, --limit 0 for all)", err=True)
+    elif (overdue or horizon is not None) and not breached and status != "closed":
+        # running clocks are wanted: read the stored SLA records, not every history (closed tickets
+        # waiting for the archive have none running); replay only where a record no longer holds
+        light = store.hot_clock_records(iso(now))
+        stale = [t["id"] for t in light if not slaclock.record_holds(t, obj.cfg, now)]
+        whole = {t["id"]: t for t in store.tickets_by_id(stale)} if stale else {}
+        everything = sorted((whole.get(t["id"], t) for t in light), key=lambda t: t["id"])
     else:
         everything = sorted(store.all_tickets(), key=lambda t: t["id"])
     for t in everything:
         if status is not None and t.get("status") != status:
             continue
-        if overdue or horizon is not None or breached:
-            clocks = slaclock.clocks_of(t, obj.cfg, now)
-            running = [c for n, c in clocks.items() if n != "update" and c.running]
-            if overdue and not any(c.breached for c in running):
+        if overdue or horizon is not None:
+            running = slaclock.running_clocks(t, obj.cfg, now)  # the stored record where it holds
+            if overdue and not any(late for late, _due in running):
                 continue
-            if horizon is not None and not any(c.due and 0 <= (c.due - now).total_seconds() <= horizon
-                                               for c in running):
+            if horizon is not None and not any(due and 0 <= (due - now).total_seconds() <= horizon
+                                               for _late, due in running):
                 continue
-            if breached and not clocks[breached].breached:
-                continue
+        if breached and not slaclock.sla_clocks(t, obj.cfg, now)[breached].breached:
+            continue
         rows.append(t)
     if not unfiltered or (as_json and not limit):
         rows = _newest(rows, limit, as_json, "tickets")
+    cut = [t["id"] for t in rows if "created_at" not in t]  # light records (hot_clock_records)
+    if cut:
+        whole = {t["id"]: t for t in store.tickets_by_id(cut)}
+        rows = [whole.get(t["id"], t) for t in rows]
+        everything = rows
     rows = [_ticket_summary(t, store) for t in rows]
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False, indent=2))

@@ -9,6 +9,8 @@ ticket again (`next_wake`). Pure functions of (ticket, config, now).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime, timedelta
 
 from mailflow import sla
@@ -137,12 +139,85 @@ def sla_record(t: dict, cfg: Config, now: datetime, clocks: dict[str, sla.Clock]
         "next_response_hours": round((nr.target_seconds or 0) / 3600, 2),
         "calendar": calendar_of(t, cfg).name,
         "clocks": {name: sla.to_json(c) for name, c in clocks.items() if name != "update"},
+        "fp": policy_fingerprint(cfg),
     }
+
+
+_FP: dict[int, tuple[Config, str]] = {}
+
+
+def policy_fingerprint(cfg: Config) -> str:
+    """What a ticket's clocks depend on besides its history: the SLA targets and tiers, the calendars
+    (business hours, holidays, make-up days) and which calendar applies where, and the VIP list (the
+    tier). Stored with the `sla` record, so a reader can tell whether the record still holds under
+    this config. Stable across runs; computed once per Config."""
+    hit = _FP.get(id(cfg))
+    if hit is not None and hit[0] is cfg:
+        return hit[1]
+    pol = cfg.policy
+    cals = []
+    for name in sorted(cfg.calendars):
+        c = cfg.calendars[name]
+        cals.append([c.name, c.timezone, sorted(c.workdays), list(c.hours), list(c.hours_by_day), c.country,
+                     sorted(d.isoformat() for d in c.extra_holidays),
+                     sorted(d.isoformat() for d in c.extra_workdays)])
+    parts = [repr(pol.defaults), repr(sorted(pol.tiers.items())), repr(sorted(pol.categories.items())),
+             sorted(pol.priority_calendars.items()), sorted(pol.mailbox_calendars.items()), cals,
+             sorted(v.lower() for v in cfg.vip)]
+    fp = hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()[:12]
+    if len(_FP) > 16:
+        _FP.clear()
+    _FP[id(cfg)] = (cfg, fp)
+    return fp
 
 
 def stored_clocks(t: dict, cfg: Config) -> dict[str, sla.Clock]:
     """The clocks as last stored on the ticket (as of its last change), ready to advance with `.at`."""
     return {name: sla.from_json(d, cfg.calendars) for name, d in ((t.get("sla") or {}).get("clocks") or {}).items()}
+
+
+def record_holds(t: dict, cfg: Config, now: datetime) -> bool:
+    """Whether the ticket's stored `sla` record still holds at `now`: it was made under this config
+    (`fp`), every clock is as of a moment no later than `now`, and nothing happened to the ticket
+    after it (its last event and `updated_at`). Then nothing can have changed but business time
+    passing, which `Clock.at` adds."""
+    rec = t.get("sla") or {}
+    stored = rec.get("clocks")
+    if not stored or rec.get("fp") != policy_fingerprint(cfg) or set(stored) != set(sla.CLOCKS):
+        return False
+    when = parse_iso(min((d.get("as_of") or "" for d in stored.values()), default=""))
+    last = (t.get("events") or [{}])[-1].get("at")
+    return when is not None and when <= now and _not_after(last, when) and _not_after(t.get("updated_at"), when)
+
+
+def sla_clocks(t: dict, cfg: Config, now: datetime) -> dict[str, sla.Clock]:
+    """The three SLA clocks at `now`, as `clocks_of` gives them: from the stored record, advanced,
+    when it still holds (`record_holds`; a clock is only advanced, never rewound), else replayed
+    from the history (a record from before `fp`, an SLA config edit, a `--now` in the past)."""
+    if record_holds(t, cfg, now):
+        clocks = {name: sla.from_json(d, cfg.calendars) for name, d in t["sla"]["clocks"].items()}
+        if all(c.calendar is not None or not c.running for c in clocks.values()):
+            return {name: c.at(now) for name, c in clocks.items()}
+    return sla.compute_clocks(clock_events(t, cfg), now, calendar_of(t, cfg))
+
+
+def running_clocks(t: dict, cfg: Config, now: datetime) -> list[tuple[bool, datetime | None]]:
+    """(breached, due) of each SLA clock counting at `now`: what `--overdue` and `--due-within` ask.
+    Read straight from the stored record where it holds (a counting clock is breached at `now` once
+    its due has come, as `Clock.at` says; no business-time walk), else from a replay."""
+    if record_holds(t, cfg, now):
+        out = []
+        for d in t["sla"]["clocks"].values():
+            if d.get("state") in ("running", "overdue"):
+                due = parse_iso(d.get("due"))
+                out.append((bool(d.get("breached")) or (due is not None and due <= now), due))
+        return out
+    return [(c.breached, c.due) for c in sla_clocks(t, cfg, now).values() if c.running]
+
+
+def _not_after(stamp: str | None, when: datetime) -> bool:
+    at = parse_iso(stamp) if stamp else None
+    return at is None or at <= when
 
 
 def _hours(cal: sla.Calendar, since: datetime | None, now: datetime) -> float:

@@ -944,6 +944,13 @@ class Store:
     def all_tickets(self) -> list[dict]:
         return list(self._table("tickets").values())
 
+    def hot_clock_records(self, at_iso: str) -> list[dict]:
+        return [t for t in self._table("tickets").values()
+                if t.get("status") != "closed" or not t.get("closed_at") or t["closed_at"] > at_iso]
+
+    def tickets_by_id(self, ids: list[str]) -> list[dict]:
+        return [t for t in (self.ticket(i) for i in ids) if t is not None]
+
     def add_ticket(self, t: dict) -> None:
         k = str(self._insert("tickets", t))
         self._tid[t["id"]] = k

@@ -89,6 +89,13 @@ class StoreAPI(Protocol):
         (PG: locked FOR UPDATE until the commit); change it only through update_ticket."""
 
     def all_tickets(self) -> list[dict]: ...
+    def hot_clock_records(self, at_iso: str) -> list[dict]:
+        """Each hot ticket not closed by `at_iso` (open, or closed after it; closing stops every
+        SLA clock), cut to what `slaclock.record_holds` reads: id, status, updated_at, sla and
+        `events` holding only the last event (a store may return whole documents). What
+        `tickets list --overdue` reads instead of every document with its history."""
+    def tickets_by_id(self, ids: list[str]) -> list[dict]:
+        """The hot tickets of `ids` that exist, in no particular order."""
     def hot_ticket_ids(self) -> list[str]: ...
     def newest_hot_tickets(self, n: int | None) -> tuple[int, list[dict]]:
         """How many tickets are hot, and the last `n` by id (all for None, none for 0), oldest

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from mailflow import config, slaclock
 from mailflow.clock import iso
 from mailflow.tickets import transition
@@ -116,3 +119,81 @@ def test_ledger_clock_and_cycle_of_a_rule():
     assert slaclock.rule_clock({"category", "mentions_staff"}) == "ticket"
     t = apply(add(ticket(), "public_reply", at(1)), "PENDING", at(2))
     assert slaclock.cycle_of(t, "pending", {}) == 1
+
+
+# ---- the stored record stands in for a replay -----------------------------------------------------
+
+_STEPS = ("reply", "pending", "customer", "resolve", "reopen", "priority", "note")
+
+
+def _step(t: dict, kind: str, when: datetime) -> dict:
+    """One thing happening to the ticket at `when`, as the pipeline records it (the tests above)."""
+    status = t["status"]
+    if kind == "reply":
+        return add(t, "public_reply", when)
+    if kind == "pending" and status in ("new", "open"):
+        return apply(t, "PENDING", when)
+    if kind == "customer" and status not in ("closed",):
+        t = add(t, "customer_mail", when)
+        return apply(t, "customer_reply", when, actor="customer") if status == "pending" else t
+    if kind == "resolve" and status in ("new", "open", "pending"):
+        return apply(t, "RESOLVE", when)
+    if kind == "reopen" and status == "resolved":
+        t = add(t, "customer_mail", when)
+        return apply(t, "customer_not_fixed", when, actor="customer")
+    if kind == "priority":
+        new = {"urgent": "low", "low": "high", "high": "normal", "normal": "urgent"}[t["priority"]]
+        t = add(t, "priority", when, **{"from": t["priority"], "to": new})
+        t["priority"] = new
+        return t
+    return add(t, "note", when)
+
+
+def _same(a, b) -> None:
+    for name in a:
+        x, y = a[name], b[name]
+        assert (x.state, x.cycle, x.due, x.breached, x.breached_at, x.started_at, x.stopped_at, x.target_seconds) == \
+            (y.state, y.cycle, y.due, y.breached, y.breached_at, y.started_at, y.stopped_at, y.target_seconds), name
+        assert abs(x.elapsed_seconds - y.elapsed_seconds) < 0.01, name
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_STEPS), st.floats(0.1, 30)), max_size=8),
+       st.floats(0, 200), st.sampled_from(("urgent", "high", "normal", "low")))
+def test_the_stored_record_gives_what_a_replay_gives(steps, later, priority):
+    """`sla_clocks` from the record a change stored, advanced to a later `now`, equals the replay of
+    the whole history at that `now` (what `tickets list --overdue` relies on)."""
+    c = cfg()
+    t = ticket(priority)
+    when = MON
+    t["sla"] = slaclock.sla_record(t, c, when)
+    for kind, hours in steps:
+        when = when + timedelta(hours=hours)
+        t = _step(t, kind, when)
+        t["updated_at"] = iso(when)
+        t["sla"] = slaclock.sla_record(t, c, when)
+    now = when + timedelta(hours=later)
+    _same(slaclock.sla_clocks(t, c, now), sla_compute(t, c, now))
+    assert slaclock.record_holds(t, c, now)  # the record was used, not a replay
+    assert slaclock.running_clocks(t, c, now) == [(x.breached, x.due) for x in sla_compute(t, c, now).values()
+                                                  if x.running]
+
+
+def sla_compute(t: dict, c, now):
+    return {k: v for k, v in slaclock.clocks_of(t, c, now).items() if k != "update"}
+
+
+def test_a_record_that_no_longer_holds_is_replayed():
+    c = cfg()
+    t = ticket("normal")
+    t["sla"] = slaclock.sla_record(t, c, MON)
+    t = add(t, "priority", at(1), **{"from": "normal", "to": "urgent"})  # changed, record not rewritten
+    t["priority"] = "urgent"
+    _same(slaclock.sla_clocks(t, c, at(2)), sla_compute(t, c, at(2)))
+    assert not slaclock.record_holds(t, c, at(2))
+    assert slaclock.sla_clocks(t, c, at(2))["first_response"].breached
+    old = dict(ticket(), sla=dict(slaclock.sla_record(ticket(), c, MON), fp="other config"))
+    _same(slaclock.sla_clocks(old, c, at(3)), sla_compute(old, c, at(3)))
+    past = dict(ticket(), sla=slaclock.sla_record(ticket(), c, at(5)))  # a --now before the record
+    _same(slaclock.sla_clocks(past, c, at(1)), sla_compute(past, c, at(1)))
+    assert not slaclock.record_holds(old, c, at(3)) and not slaclock.record_holds(past, c, at(1))
