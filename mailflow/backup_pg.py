@@ -235,11 +235,28 @@ def restore(path: Path, cfg: Any, force: bool = False, echo: Callable[[str], Non
     return bk.RestoreResult(data_dir, n, cfg_dir if cfg_dir.exists() else None, manifest, replaced)
 
 
-def verify(cfg: Any, echo: Callable[[str], None] = lambda s: None) -> list:
+VERIFIED = "verify:checked"  # meta key: what the last verify read (see `verify`)
+# rows before the last one read that are read again: a batch that had taken its row numbers but not
+# committed while the last verify read is at most a few hundred rows (only `db migrate` writes more
+# in one transaction, and nothing else runs then)
+REREAD = 10_000
+
+
+def verify(cfg: Any, echo: Callable[[str], None] = lambda s: None, full: bool = False) -> list:
     """`mailflow verify` on PostgreSQL: the schema version, every row that names a file (message
     spool refs, attachments, quarantine, outbox segments) names one that is there, queued mail
-    has its bytes, no orphan attachments."""
+    has its bytes, no orphan attachments.
+
+    Messages are many (4.1M in the 1M-ticket set) and, once written, keep the files they name, so
+    a verify remembers what it read (meta `verify:checked`: the last message row, the length each
+    spool segment must have for those rows, the attachments they list): the next one reads only
+    the rows added since and checks the remembered segments and attachments on disk, so a file
+    that went missing is still found (the last REREAD rows are read again: one a batch had not
+    yet committed then). Every row is read again with `full`, on the first run, and
+    after anything that removes files on purpose (retention, a privacy erase: their meta logs
+    changed)."""
     import psycopg
+    from psycopg.types.json import Jsonb
 
     from mailflow import pg_schema
     from mailflow.verify import Problem, Verifier
@@ -251,17 +268,40 @@ def verify(cfg: Any, echo: Callable[[str], None] = lambda s: None) -> list:
             if why:
                 return [Problem("database", why, "run `mailflow db upgrade`")]
             meta = dict(c.execute("SELECT key, value FROM meta WHERE key IN ('retention:raw_mail_before', "
-                                  "'retention:attachments_before')").fetchall())
+                                  "'retention:attachments_before', 'retention:log', 'privacy:erasures', %s)",
+                                  (VERIFIED,)).fetchall())
             v.raw_before = meta.get("retention:raw_mail_before") or ""
             v.att_before = meta.get("retention:attachments_before") or ""
-            orphans = c.execute("SELECT count(*) FROM messages m WHERE ticket_id IS NOT NULL AND NOT EXISTS "
-                                "(SELECT 1 FROM tickets t WHERE t.id = m.ticket_id)").fetchone()[0]
+            removals = _removals(meta)
+            state = meta.get(VERIFIED)
+            if full or not isinstance(state, dict) or state.get("v") != 1 or state.get("removals") != removals:
+                state = {"v": 1, "k": 0, "segments": {}, "attachments": {}}
+                echo("reading every message row (the first verify, --full, or files were removed since)")
+            since = max(0, int(state["k"]) - REREAD) if state["k"] else 0
+            segments, atts = dict(state["segments"]), dict(state["attachments"])
+            earlier = (set(segments), set(atts))  # what rows read by earlier verifies need
+            orphans = c.execute("SELECT count(*) FROM messages m WHERE m.k > %s AND ticket_id IS NOT NULL AND NOT "
+                                "EXISTS (SELECT 1 FROM tickets t WHERE t.id = m.ticket_id COLLATE \"C\")",
+                                (since,)).fetchone()[0]
             if orphans:
                 v.add("database", f"{orphans} messages belong to no ticket", "restore the database from a backup")
+            last, n = int(state["k"]), 0
             with c.cursor(name="verify_messages") as cur, c.transaction():
-                cur.execute("SELECT doc FROM messages")
-                for (m,) in cur:
+                cur.itersize = 5000
+                cur.execute("SELECT k, doc FROM messages WHERE k > %s ORDER BY k", (since,))
+                for k, m in cur:
                     v.message(m, "the database")
+                    _remember(m, segments, atts, earlier[1])
+                    last, n = max(last, k), n + 1
+                    if n % 500_000 == 0:
+                        echo(f"  {n:,} message rows read")
+            _check_remembered(v, {k: segments[k] for k in earlier[0]}, {k: atts[k] for k in earlier[1]})
+            v.attachments.update(atts)
+            c.execute("INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = "
+                      "excluded.value", (VERIFIED, Jsonb({"v": 1, "k": last, "segments": segments, "attachments": atts,
+                                                          "removals": removals})))
+            echo(f"message rows read: {n:,} (new since the last verify: rows after {since:,})" if since else
+                 f"message rows read: {n:,}")
             for k, q in c.execute("SELECT k, doc FROM quarantine WHERE spool IS NOT NULL AND status <> 'erased'"):
                 why = v._spool_ref(q["spool"])
                 if why:
@@ -283,3 +323,49 @@ def verify(cfg: Any, echo: Callable[[str], None] = lambda s: None) -> list:
     v.files()
     echo(f"database schema version {ver}")
     return v.problems
+
+
+def _removals(meta: dict) -> str:
+    """A stamp of everything that removed files on purpose (retention runs, privacy erasures)."""
+    import hashlib
+    import json
+
+    return hashlib.sha1(json.dumps([meta.get("retention:log"), meta.get("privacy:erasures")],
+                                   sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _remember(m: dict, segments: dict[str, int], atts: dict[str, str], earlier: set[str]) -> None:
+    """What a message row needs on disk: its spool segment up to the end of its bytes, its files
+    (a path an earlier row listed too stops being "earlier": this row has just been checked)."""
+    ref = m.get("spool")
+    if ref and m.get("direction") == "in":
+        name, _, rest = ref.partition(":")
+        off, _, length = rest.partition(":")
+        try:
+            end = int(off) + int(length) if rest else 0
+        except ValueError:
+            end = 0
+        if end >= segments.get(name, -1):
+            segments[name] = end
+    for a in m.get("attachments") or []:
+        if a.get("path"):
+            atts[a["path"]] = m.get("received_at") or ""
+            earlier.discard(a["path"])
+
+
+def _check_remembered(v: Any, segments: dict[str, int], atts: dict[str, str]) -> None:
+    """The files the rows read by earlier verifies need (rows read now were checked one by one)."""
+    for name, end in sorted(segments.items()):
+        if v.raw_before and name[:10] < v.raw_before:
+            continue  # expired by [retention] raw_mail_days
+        size = v.spool.size(name)
+        why = "missing" if size is None else f"shorter ({size} bytes) than its messages need ({end})" \
+            if size < end else None
+        if why and not any(k.startswith(f"{name}\t") for k in v.missing_spool):
+            v.add(f"spool/{name}", f"{why} (messages checked by an earlier verify refer to it)",
+                  "restore the file from a backup (mailflow restore BACKUP --data-dir SCRATCH, then copy it); "
+                  "`mailflow verify --full` names the tickets")
+    for p, received in sorted(atts.items()):
+        if not (v.dir / p).is_file() and not (v.att_before and received < v.att_before):
+            v.add(p, "missing (an attachment a message checked by an earlier verify lists)",
+                  "restore it from a backup; `mailflow verify --full` names the ticket")

@@ -92,7 +92,7 @@ def restore_cmd(ctx: click.Context, backup_file: Path, data_dir: Path | None, fo
     if r.config_dir:
         click.echo(f"  its config, rules and templates: {r.config_dir} (compare them with the live ones)")
     if cfg.backend == "postgresql":
-        problems = backup_pg.verify(cfg)
+        problems = backup_pg.verify(cfg, full=True)
     else:
         problems = verify(r.data_dir)
     for p in problems:
@@ -108,8 +108,11 @@ def restore_cmd(ctx: click.Context, backup_file: Path, data_dir: Path | None, fo
 @click.option("--backup", "backup_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Check a backup file instead (checksums, manifest, database), without restoring it.")
 @click.option("--data-dir", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--full", is_flag=True, help="PostgreSQL: read every message row again (otherwise only the rows added "
+              "since the last verify; the files earlier rows need are checked either way).")
 @click.pass_context
-def verify_cmd(ctx: click.Context, repair: bool, backup_file: Path | None, data_dir: Path | None) -> None:
+def verify_cmd(ctx: click.Context, repair: bool, backup_file: Path | None, data_dir: Path | None,
+               full: bool) -> None:
     """Check the data directory: database, spool and outbox references, archive and index,
     attachments. Prints `path: what: how to fix` per problem; exit 1 on any."""
     if backup_file is not None:
@@ -135,7 +138,7 @@ def verify_cmd(ctx: click.Context, repair: bool, backup_file: Path | None, data_
 
         if data_dir is not None:
             cfg.data_dir = data_dir
-        problems = backup_pg.verify(cfg, echo=click.echo)
+        problems = backup_pg.verify(cfg, echo=click.echo, full=full)
     else:
         problems = verify(d, repair=repair, echo=click.echo, cfg=cfg)
     for p in problems:
