@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mailflow import features, resources, routing  # noqa: E402
+from mailflow import category_guess, features, resources, routing  # noqa: E402
 from mailflow.config import StaffMember  # noqa: E402
 from mailflow.rules import RuleSet, on_engine  # noqa: E402
 
@@ -117,6 +117,7 @@ def main() -> None:
     for m in corpus:
         m["sentiment"] = features.sentiment(f"{m['subject']}\n{m['text']}")
         m["mentions_staff"] = bool(features.mentioned_staff(f"{m['subject']}\n{m['text']}", STAFF))
+        m.update(category_guess.facts(m["subject"], m["text"]))
     rules = RuleSet.load(args.rules)
     counts = {"classify": len(rules.rule_names("classify")), "priority": len(rules.rule_names("priority")),
               "routing": len(rules.rule_names("routing"))}
@@ -125,7 +126,7 @@ def main() -> None:
         mentioned: set[str] = set()
         if args.with_features:
             text = f"{m['subject']}\n{m['text']}"
-            m = dict(m, sentiment=features.sentiment(text))
+            m = dict(m, sentiment=features.sentiment(text), **category_guess.facts(m["subject"], m["text"]))
             mentioned = features.mentioned_staff(text, STAFF)
             m["mentions_staff"] = bool(mentioned)
         if args.on_engine:

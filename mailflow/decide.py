@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from mailflow import features, routing
+from mailflow import category_guess, features, routing
 from mailflow.clock import iso
 from mailflow.commands import (
     REGISTRY,
@@ -120,6 +120,7 @@ class Decider:
             "customer.spam_count": stats["spam_count"],
             "sentiment": features.sentiment(f"{msg.clean_subject}\n{text}"),
             "mentions_staff": bool(mentioned),
+            **category_guess.facts(msg.clean_subject or msg.subject, text),
         }
         if open_counts is None:
             open_counts = self.store.open_counts()

@@ -70,6 +70,8 @@ field                               type      meaning
 ``customer.complaints_30d``         number    the sender's complaints in the last 30 days
 ``customer.spam_count``             number    the sender's tickets staff closed as spam
 ``sentiment``                       number    tone -1 (angry) .. 1 (happy), see ``features.py``
+``guess.category``                  text      the learned guess at the category, see ``category_guess.py``
+``guess.confidence``                number    its probability 0..1
 ``mentions_staff``                  bool      the mail names a staff member
 ``sla.first_response_breached``     bool      escalation stage only
 ``sla.resolution_breached``         bool      escalation stage only
@@ -221,6 +223,7 @@ FIELDS: dict[str, str] = {
     "priority": "level", "tags": "list", "team": "text", "customer.tier": "text",
     "customer.open_tickets": "number", "customer.complaints_30d": "number", "customer.spam_count": "number",
     "sentiment": "number", "mentions_staff": "bool", "sla.first_response_breached": "bool",
+    "guess.category": "text", "guess.confidence": "number",
     "sla.resolution_breached": "bool", "hours_since_update": "number", "status": "text",
     # escalation stage (timer facts, business time of the ticket's calendar)
     "sla.next_response_breached": "bool", "hours_since_customer": "number", "days_since_update": "number",

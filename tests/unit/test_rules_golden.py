@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from mailflow import features, regexes, resources, routing, rules
+from mailflow import category_guess, features, regexes, resources, routing, rules
 from mailflow.parse import parse_message
 from mailflow.rules import RuleSet, on_engine
 
@@ -45,6 +45,7 @@ def _mime_facts(raw: bytes, staff) -> tuple[dict, set[str]]:
         "has_attachments": bool(msg.attachments), "customer.tier": "standard", "customer.open_tickets": 1,
         "customer.complaints_30d": 0, "customer.spam_count": 0,
         "sentiment": features.sentiment(f"{msg.clean_subject}\n{text}"), "mentions_staff": bool(mentioned),
+        **category_guess.facts(msg.clean_subject or msg.subject, text),
     }, mentioned
 
 
@@ -57,7 +58,8 @@ def cases() -> list[tuple[str, dict, set[str], list]]:
     for i, m in enumerate(bench_rules.make_corpus(2000, 20261123)):
         text = f"{m['subject']}\n{m['text']}"
         mentioned = features.mentioned_staff(text, bench_rules.STAFF)
-        facts = dict(m, sentiment=features.sentiment(text), mentions_staff=bool(mentioned))
+        facts = dict(m, sentiment=features.sentiment(text), mentions_staff=bool(mentioned),
+                     **category_guess.facts(m["subject"], m["text"]))
         out.append((f"bench_rules/{i}", facts, mentioned, bench_rules.STAFF))
     for i, raw in enumerate(corpus.generate(300, seed=1)):
         facts, mentioned = _mime_facts(raw, bench_rules.STAFF)
