@@ -409,14 +409,15 @@ class ArchiveIndex:
             db.execute("DELETE FROM report_cache WHERE key NOT IN (SELECT key FROM report_cache ORDER BY at DESC, key "
                        "LIMIT ?)", (REPORT_CACHE_KEEP,))
 
-    def any_indexed(self, tids: list[str]) -> bool:
-        """Whether any of `tids` is in the index (a hot ticket also archived: an interrupted run)."""
+    def created_of(self, tids: list[str]) -> dict[str, str]:
+        """{id: created_at} of those of `tids` that are in the index (hot tickets also archived:
+        brought back by a reply, or an interrupted archive run)."""
+        out: dict[str, str] = {}
         for i in range(0, len(tids), 500):
             chunk = tids[i:i + 500]
-            if self._query(f"SELECT 1 FROM ticket WHERE ticket_id IN ({','.join('?' * len(chunk))}) LIMIT 1",
-                           tuple(chunk)):
-                return True
-        return False
+            out.update(self._query(f"SELECT ticket_id, created_at FROM ticket WHERE ticket_id IN "
+                                   f"({','.join('?' * len(chunk))})", tuple(chunk)))
+        return out
 
     # ---- writing ----------------------------------------------------------------------------
 

@@ -16,9 +16,12 @@ The cache key holds the period, `now`'s cut, the team filter, the summary layout
 fingerprint, so a changed SLA policy or calendar starts again. Parts of months whose tickets all
 lie before the oldest period's start are empty and cost nothing to keep.
 
+A TinyDB ticket can be hot and archived at once (brought back by a reply; the index keeps the old
+copy until it is archived again): the hot copy wins, so the month holding its archived copy is
+made without it, and the ids left out are part of that month's stamp.
+
 Not cached (the straight pass, `report_source.iter_summaries` into `compute`): a running period,
-the CSV (it lists every ticket), a store without stamps, and a TinyDB ticket both hot and archived
-(a crash between archive steps; the hot copy must win, which only the straight pass can do).
+the CSV (it lists every ticket) and a store without stamps.
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ class _Backend:
     def summaries(self, created_from: int, created_to: int, last_from: int, full_from: int) -> Iterator[dict]: ...
     def get(self, key: str) -> bytes | None: ...
     def put(self, key: str, data: bytes) -> None: ...
-    def archived_among(self, ids: list[str]) -> bool: ...
+    def archived_among(self, ids: list[str]) -> dict[str, str]: ...
 
 
 class _Pg(_Backend):
@@ -115,7 +118,7 @@ class _Pg(_Backend):
         self.store.report_cache_put(key, data)
 
     def archived_among(self, ids):
-        return False  # one row per ticket: hot or archived, never both
+        return {}  # one row per ticket: hot or archived, never both
 
 
 class _Tiny(_Backend):
@@ -135,7 +138,7 @@ class _Tiny(_Backend):
         self.index.report_cache_put(key, data)
 
     def archived_among(self, ids):
-        return self.index.any_indexed(ids)
+        return self.index.created_of(ids)
 
 
 def backend_of(store) -> _Backend | None:
@@ -181,15 +184,17 @@ def cached_tally(store, cfg, period: Period, now: datetime, created_from: int, c
         n += 1
         if on_progress is not None and n % 1000 == 0:
             on_progress(n)
-    if be.archived_among(hot_ids):
-        log.info("a ticket is both hot and archived (an interrupted archive run): report without the cache")
-        return None
+    both = be.archived_among(hot_ids)  # TinyDB: the hot copy wins, so their archived copies are left out
     parts = kept["parts"]
     changed = False
     spans = months(period, created_from, created_to)
     wanted = {label for label, _lo, _hi in spans}
     for label, lo, hi in spans:
-        stamp = hashlib.sha1(repr(sorted((d, stamps.get(d, "")) for d in _utc_days(lo, hi))).encode()).hexdigest()
+        a, b = _iso(lo), _iso(hi)  # the index compares created_at as text, so do we
+        skip = sorted(tid for tid, c in both.items() if a <= (c or "") < b)
+        skip_ids = set(skip)
+        stamp = hashlib.sha1(repr((sorted((d, stamps.get(d, "")) for d in _utc_days(lo, hi)), skip)).encode()
+                             ).hexdigest()
         part = Tally(period, now, team=team)
         got = parts.get(label)
         ok = False
@@ -208,6 +213,8 @@ def cached_tally(store, cfg, period: Period, now: datetime, created_from: int, c
                                 "the cache", s.get("v"), summary.VERSION)
                     return None
                 first = False
+                if skip and s.get("id") in skip_ids:
+                    continue
                 part.feed(s)
                 n += 1
                 if on_progress is not None and n % 10000 == 0:
