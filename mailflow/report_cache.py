@@ -97,6 +97,7 @@ class _Backend:
     def get(self, key: str) -> bytes | None: ...
     def put(self, key: str, data: bytes) -> None: ...
     def archived_among(self, ids: list[str]) -> dict[str, str]: ...
+    def hot(self, cfg, created_to: int) -> Iterator[tuple[str, dict]]: ...
 
 
 class _Pg(_Backend):
@@ -120,10 +121,15 @@ class _Pg(_Backend):
     def archived_among(self, ids):
         return {}  # one row per ticket: hot or archived, never both
 
+    def hot(self, cfg, created_to):
+        # created_at is compared as text: a day's margin covers any offset it was written with;
+        # Tally.feed then applies the exact bound
+        return self.store.hot_summaries(cfg, created_before=_iso(created_to + 86400))
+
 
 class _Tiny(_Backend):
     def __init__(self, store):
-        self.index = store.archive_index
+        self.store, self.index = store, store.archive_index
 
     def stamps(self, days):
         return self.index.report_day_stamps(days[0], days[-1])
@@ -139,6 +145,11 @@ class _Tiny(_Backend):
 
     def archived_among(self, ids):
         return self.index.created_of(ids)
+
+    def hot(self, cfg, created_to):
+        from mailflow.report_source import _hot_summaries
+
+        return _hot_summaries(self.store, cfg)
 
 
 def backend_of(store) -> _Backend | None:
@@ -157,7 +168,7 @@ def cached_tally(store, cfg, period: Period, now: datetime, created_from: int, c
     """The report's Tally: hot tickets fed live, archived ones merged from the kept parts (made
     and kept where missing or stale). None when this report cannot use the cache (see the module
     docstring): the caller then makes it the straight way."""
-    from mailflow.report_source import _hot_summaries, fingerprint
+    from mailflow.report_source import fingerprint
 
     be = backend_of(store)
     tally = Tally(period, now, team=team)
@@ -177,7 +188,7 @@ def cached_tally(store, cfg, period: Period, now: datetime, created_from: int, c
     # hot tickets first (their ids: a TinyDB ticket both hot and archived means the straight pass)
     n = 0
     hot_ids: list[str] = []
-    for tid, s in _hot_summaries(store, cfg):
+    for tid, s in be.hot(cfg, created_to):
         hot_ids.append(tid)
         if s["created"] is not None and s["created"] < created_to:
             tally.feed(s)
