@@ -72,7 +72,20 @@ CREATE INDEX IF NOT EXISTS msgid_ticket ON msgid(ticket_id);
 CREATE TABLE IF NOT EXISTS customer(addr TEXT NOT NULL, ticket_id TEXT NOT NULL,
     PRIMARY KEY(addr, ticket_id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS customer_ticket ON customer(ticket_id);
+CREATE TABLE IF NOT EXISTS report_gen(day TEXT PRIMARY KEY, stamp TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS report_cache(key TEXT PRIMARY KEY, at INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE TRIGGER IF NOT EXISTS report_gen_ins AFTER INSERT ON ticket BEGIN
+    INSERT OR REPLACE INTO report_gen VALUES(coalesce(date(NEW.created_at), '-'), lower(hex(randomblob(8)))); END;
+CREATE TRIGGER IF NOT EXISTS report_gen_del AFTER DELETE ON ticket BEGIN
+    INSERT OR REPLACE INTO report_gen VALUES(coalesce(date(OLD.created_at), '-'), lower(hex(randomblob(8)))); END;
+CREATE TRIGGER IF NOT EXISTS report_gen_upd AFTER UPDATE ON ticket BEGIN
+    INSERT OR REPLACE INTO report_gen VALUES(coalesce(date(OLD.created_at), '-'), lower(hex(randomblob(8))));
+    INSERT OR REPLACE INTO report_gen VALUES(coalesce(date(NEW.created_at), '-'), lower(hex(randomblob(8)))); END;
 """
+# report_gen: a stamp per UTC creation day, new whenever an indexed ticket created that day is added,
+# replaced or removed (by any writer: archive, erase, retention, repair, rebuild), so the reports'
+# kept parts (report_cache, mailflow/report_cache.py) know when they are stale.
+REPORT_CACHE_KEEP = 16
 
 
 @dataclass
@@ -376,6 +389,35 @@ class ArchiveIndex:
             for _c, _tid, s in rows:
                 yield _loads(s) if s else {}
             last_c, last_t = rows[-1][0], rows[-1][1]
+
+    # ---- the reports' cache (mailflow/report_cache.py) ---------------------------------------
+
+    def report_day_stamps(self, day_from: str, day_to: str) -> dict[str, str]:
+        """{UTC day: stamp} of the creation days in [day_from, day_to] (ISO dates) that have one."""
+        return dict(self._query("SELECT day, stamp FROM report_gen WHERE day >= ? AND day <= ?", (day_from, day_to)))
+
+    def report_cache_get(self, key: str) -> bytes | None:
+        rows = self._query("SELECT data FROM report_cache WHERE key = ?", (key,))
+        return bytes(rows[0][0]) if rows else None
+
+    def report_cache_put(self, key: str, data: bytes) -> None:
+        """Keep a report's parts; the oldest beyond REPORT_CACHE_KEEP go."""
+        import time
+
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO report_cache VALUES(?, ?, ?)", (key, int(time.time()), data))
+            db.execute("DELETE FROM report_cache WHERE key NOT IN (SELECT key FROM report_cache ORDER BY at DESC, key "
+                       "LIMIT ?)", (REPORT_CACHE_KEEP,))
+
+    def created_of(self, tids: list[str]) -> dict[str, str]:
+        """{id: created_at} of those of `tids` that are in the index (hot tickets also archived:
+        brought back by a reply, or an interrupted archive run)."""
+        out: dict[str, str] = {}
+        for i in range(0, len(tids), 500):
+            chunk = tids[i:i + 500]
+            out.update(self._query(f"SELECT ticket_id, created_at FROM ticket WHERE ticket_id IN "
+                                   f"({','.join('?' * len(chunk))})", tuple(chunk)))
+        return out
 
     # ---- writing ----------------------------------------------------------------------------
 

@@ -87,9 +87,15 @@ def build(store: StoreAPI | None, cfg: Config, period: Period, now: datetime, *,
     first = _add_months(oldest.first, -cfg.reports.lookback_months)
     created_from = int(Period("range", first, first, period.timezone).start.timestamp())
     created_to = min(int(period.end.timestamp()), int(now.timestamp()) + 1)
+    names = {s.email: s.name for s in cfg.staff}
+    kw = {"by": by, "locale": locale or cfg.reports.locale or cfg.default_locale, "company": cfg.company_name,
+          "staff_names": names}
+    if not rows:  # a past period: the archived tickets' part from the cache (mailflow/report_cache.py)
+        from mailflow.report_cache import cached_tally
+
+        tally = cached_tally(store, cfg, period, now, created_from, created_to, team=team, on_progress=on_progress)
+        if tally is not None:
+            return tally.metrics(**kw)
     summaries = iter_summaries(store, cfg, created_from, created_to, skip_before=int(oldest.start.timestamp()),
                                full_from=int(period.shifted(-1).start.timestamp()), on_progress=on_progress)
-    names = {s.email: s.name for s in cfg.staff}
-    return compute(summaries, period, now, team=team, by=by, rows=rows,
-                   locale=locale or cfg.reports.locale or cfg.default_locale, company=cfg.company_name,
-                   staff_names=names)
+    return compute(summaries, period, now, team=team, rows=rows, **kw)

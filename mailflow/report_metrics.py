@@ -23,9 +23,12 @@ Breakdowns use the ticket's category, priority, team and assignee as they are no
 
 from __future__ import annotations
 
+import base64
 import bisect
 import math
 import re
+import sys
+from array import array
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -190,11 +193,11 @@ def parse_period(now: datetime, timezone: str, month: str | None = None, week: s
 # statistics
 
 
-def percentile(values: list[float], q: float) -> float | None:
+def percentile(values: list[float], q: float, *, is_sorted: bool = False) -> float | None:
     """The q-quantile with linear interpolation between the closest ranks (numpy's default)."""
     if not values:
         return None
-    v = sorted(values)
+    v = values if is_sorted else sorted(values)
     pos = (len(v) - 1) * q
     lo = math.floor(pos)
     hi = min(lo + 1, len(v) - 1)
@@ -210,17 +213,21 @@ def pct(part: int, whole: int) -> float | None:
 
 
 def _hours(values: list[float]) -> dict:
-    return {"median": _r(percentile(values, 0.5)), "p90": _r(percentile(values, 0.9)), "count": len(values)}
+    """`values` sorted."""
+    return {"median": _r(percentile(values, 0.5, is_sorted=True)), "p90": _r(percentile(values, 0.9, is_sorted=True)),
+            "count": len(values)}
 
 
 def _attain(ab: list[int]) -> dict:
     return {"achieved": ab[0], "breached": ab[1], "pct": pct(ab[0], ab[0] + ab[1])}
 
 
-def _csat(scores: list[int]) -> dict:
-    good = sum(1 for s in scores if s >= 4)
-    return {"pct": pct(good, len(scores)), "mean": _r(sum(scores) / len(scores)) if scores else None,
-            "ratings": len(scores)}
+def _csat(scores: Counter) -> dict:
+    """Of a Counter of scores (score -> how many ratings)."""
+    c = scores
+    n = sum(c.values())
+    good = sum(k for s, k in c.items() if s >= 4)
+    return {"pct": pct(good, n), "mean": _r(sum(s * k for s, k in c.items()) / n) if n else None, "ratings": n}
 
 
 def _sorted_counts(c: Counter) -> dict:
@@ -229,6 +236,23 @@ def _sorted_counts(c: Counter) -> dict:
 
 # ---------------------------------------------------------------------------------------------------
 # accumulators
+
+
+def _floats(values: list[float]) -> str:
+    """A list of floats as base64 of their 8 bytes each (little-endian): exact, and read back in
+    microseconds where a JSON list of 100,000 numbers takes milliseconds."""
+    a = array("d", sorted(values))  # sorted: merging sorted runs, sorting them again is nearly linear
+    if sys.byteorder != "little":  # pragma: no cover
+        a.byteswap()
+    return base64.b64encode(a.tobytes()).decode("ascii")
+
+
+def _unfloats(text: str) -> list[float]:
+    a = array("d")
+    a.frombytes(base64.b64decode(text))
+    if sys.byteorder != "little":  # pragma: no cover
+        a.byteswap()
+    return a.tolist()
 
 
 class _Group:
@@ -240,7 +264,28 @@ class _Group:
         self.new = self.handled = self.backlog = self.ok = self.bad = 0
         self.fr: list[float] = []
         self.rs: list[float] = []
-        self.scores: list[int] = []
+        self.scores: Counter = Counter()  # score -> ratings
+
+    def merge(self, o: _Group) -> None:
+        self.new += o.new
+        self.handled += o.handled
+        self.backlog += o.backlog
+        self.ok += o.ok
+        self.bad += o.bad
+        self.fr += o.fr
+        self.rs += o.rs
+        self.scores += o.scores
+
+    def dump(self) -> list:
+        return [self.new, self.handled, self.backlog, self.ok, self.bad, _floats(self.fr), _floats(self.rs),
+                list(self.scores.items())]
+
+    @classmethod
+    def load(cls, d: list) -> _Group:
+        g = cls()
+        g.new, g.handled, g.backlog, g.ok, g.bad = d[:5]
+        g.fr, g.rs, g.scores = _unfloats(d[5]), _unfloats(d[6]), Counter(dict(d[7]))
+        return g
 
     def figures(self) -> dict:
         c = _csat(self.scores)
@@ -274,7 +319,7 @@ class _Acc:
     reopened: int = 0
     resolved_rated: int = 0
     escalations: int = 0
-    scores: list[int] = field(default_factory=list)
+    scores: Counter = field(default_factory=Counter)  # score -> ratings
     groups: dict = field(default_factory=lambda: {d: {} for d in DIMENSIONS})
     day_edges: list[int] = field(default_factory=list)
     daily_new: list[int] = field(default_factory=list)
@@ -287,6 +332,58 @@ class _Acc:
         self.day_edges = [int(datetime.combine(d, time(0), tzinfo=tz).timestamp()) for d in self.period.days]
         self.daily_new = [0] * len(self.day_edges)
         self.daily_res = [0] * len(self.day_edges)
+
+    _COUNTERS = ("by_category", "by_priority", "by_mailbox", "by_language", "tags")
+    _INTS = ("new", "backlog", "resolved", "one_touch", "reopened", "resolved_rated", "escalations")
+
+    def merge(self, o: _Acc) -> None:
+        """Add `o` (the same period and cut, other tickets): counters add, value lists concatenate
+        (every figure made of them is order-free: percentiles sort, sums are of integers)."""
+        for k in self._INTS:
+            setattr(self, k, getattr(self, k) + getattr(o, k))
+        for k in self._COUNTERS:
+            getattr(self, k).update(getattr(o, k))
+        self.fr += o.fr
+        self.rs += o.rs
+        self.scores += o.scores
+        for c in CLOCKS:
+            self.sla[c][0] += o.sla[c][0]
+            self.sla[c][1] += o.sla[c][1]
+        for p, v in o.sla_prio.items():
+            mine = self.sla_prio.setdefault(p, {c: [0, 0] for c in CLOCKS})
+            for c in CLOCKS:
+                mine[c][0] += v[c][0]
+                mine[c][1] += v[c][1]
+        for dim, groups in o.groups.items():
+            for key, g in groups.items():
+                self.group(dim, key).merge(g)
+        self.daily_new = [a + b for a, b in zip(self.daily_new, o.daily_new, strict=True)]
+        self.daily_res = [a + b for a, b in zip(self.daily_res, o.daily_res, strict=True)]
+
+    def dump(self) -> dict:
+        """A JSON-able copy of the figures (keys of counters and groups kept as [key, value] pairs:
+        a JSON object would turn every key into a string)."""
+        return {"ints": [getattr(self, k) for k in self._INTS],
+                "counters": [list(getattr(self, k).items()) for k in self._COUNTERS],
+                "fr": _floats(self.fr), "rs": _floats(self.rs), "scores": list(self.scores.items()),
+                "sla": [self.sla[c] for c in CLOCKS],
+                "sla_prio": [[p, [v[c] for c in CLOCKS]] for p, v in self.sla_prio.items()],
+                "groups": [[d, [[k, g.dump()] for k, g in self.groups[d].items()]] for d in DIMENSIONS],
+                "daily": [self.daily_new, self.daily_res]}
+
+    def load(self, d: dict) -> None:
+        """Replace the figures with a `dump` of the same period and cut."""
+        for k, v in zip(self._INTS, d["ints"], strict=True):
+            setattr(self, k, v)
+        for k, items in zip(self._COUNTERS, d["counters"], strict=True):
+            setattr(self, k, Counter(dict(items)))
+        self.fr, self.rs, self.scores = _unfloats(d["fr"]), _unfloats(d["rs"]), Counter(dict(d["scores"]))
+        self.sla = {c: list(v) for c, v in zip(CLOCKS, d["sla"], strict=True)}
+        self.sla_prio = {p: {c: list(x) for c, x in zip(CLOCKS, v, strict=True)} for p, v in d["sla_prio"]}
+        self.groups = {dim: {k: _Group.load(g) for k, g in items} for dim, items in d["groups"]}
+        if len(d["daily"][0]) != len(self.day_edges):
+            raise ValueError("a dump of another period")
+        self.daily_new, self.daily_res = list(d["daily"][0]), list(d["daily"][1])
 
     def day(self, ts: int) -> int:
         return bisect.bisect_right(self.day_edges, ts) - 1
@@ -400,9 +497,9 @@ def _add(acc: _Acc, s: dict, st: _State) -> bool:
             g.ok += ok
             g.bad += bad
     if rated is not None:
-        acc.scores.append(rated[1])
+        acc.scores[rated[1]] += 1
         for g in groups:
-            g.scores.append(rated[1])
+            g.scores[rated[1]] += 1
     acc.escalations += esc
     return True
 
@@ -430,10 +527,10 @@ class Metrics:
 
 
 def _distribution(values: list[float]) -> list[dict]:
+    """`values` sorted; a negative value counts in the first bucket."""
     edges = list(BUCKETS)
-    counts = [0] * len(edges)
-    for v in values:
-        counts[bisect.bisect_right(edges, v) - 1 if v >= 0 else 0] += 1
+    at_least = [len(values) - bisect.bisect_left(values, e) for e in edges[1:]] + [0]  # values >= each next edge
+    counts = [len(values) - at_least[0]] + [at_least[i] - at_least[i + 1] for i in range(len(edges) - 1)]
     out = []
     for i, lo in enumerate(edges):
         hi = edges[i + 1] if i + 1 < len(edges) else None
@@ -454,6 +551,7 @@ def _figures(acc: _Acc, names: dict[str, str]) -> dict:
         return out
 
     resolved = acc.resolved
+    fr, rs, scores = sorted(acc.fr), sorted(acc.rs), acc.scores
     return {
         "period": acc.period.to_json(),
         "tickets_new": acc.new,
@@ -465,9 +563,9 @@ def _figures(acc: _Acc, names: dict[str, str]) -> dict:
         "by_language": _sorted_counts(acc.by_language),
         "daily": [{"date": d.isoformat(), "new": n, "resolved": r}
                   for d, n, r in zip(acc.period.days, acc.daily_new, acc.daily_res, strict=True)],
-        "first_reply_hours": _hours(acc.fr),
-        "resolution_hours": _hours(acc.rs),
-        "first_reply_distribution": _distribution(acc.fr),
+        "first_reply_hours": _hours(fr),
+        "resolution_hours": _hours(rs),
+        "first_reply_distribution": _distribution(fr),
         "sla": {c: _attain(acc.sla[c]) for c in CLOCKS},
         "sla_by_priority": {p: {c: _attain(v[c]) for c in CLOCKS}
                             for p, v in sorted(acc.sla_prio.items(), key=lambda kv: _prio_rank(kv[0]))},
@@ -476,8 +574,8 @@ def _figures(acc: _Acc, names: dict[str, str]) -> dict:
         "reopened": acc.reopened,
         "reopen_rate_pct": pct(acc.reopened, resolved),
         "escalations": acc.escalations,
-        "csat": {**_csat(acc.scores), "response_rate_pct": pct(acc.resolved_rated, resolved),
-                 "by_score": {str(k): sum(1 for s in acc.scores if s == k) for k in range(1, 6)}},
+        "csat": {**_csat(scores), "response_rate_pct": pct(acc.resolved_rated, resolved),
+                 "by_score": {str(k): scores.get(k, 0) for k in range(1, 6)}},
         "top_tags": [{"tag": t, "count": n} for t, n in sorted(acc.tags.items(), key=lambda kv: (-kv[1], kv[0]))[:10]],
         "by_team": groups("team"),
         "by_agent": groups("agent"),
@@ -519,6 +617,107 @@ def _growth(now: dict, before: dict, n: int = 5) -> list[dict]:
     return rows[:n]
 
 
+class Tally:
+    """The accumulators of one report (`period` and the one before it in full, the CSAT of the
+    older periods of the trend) as of `now`: `feed` adds one summary, `merge` adds another tally of
+    the same report over other tickets, `dump`/`load` keep one (report_cache: the archived
+    tickets' part of a past period, per creation month), `metrics` makes the figures.
+
+    Feeding the tickets to several tallies and merging them gives exactly the figures of feeding
+    them all to one (the cache's contract; tests/integration/test_report_cache.py checks it)."""
+
+    def __init__(self, period: Period, now: datetime, *, team: str | None = None, rows: bool = False):
+        self.period, self.now, self.team, self.rows = period, now, team, rows
+        self.now_ts = int(now.timestamp()) + 1  # an event at `now` itself has happened
+        periods = [period.shifted(k - TREND + 1) for k in range(TREND)]
+        self.accs = [_Acc(p, min(int(p.end.timestamp()), self.now_ts), full=k >= TREND - 2)
+                     for k, p in enumerate(periods)]
+        self.full = [a for a in self.accs if a.full]
+        self.light = [a for a in self.accs if not a.full]
+        self.main = self.accs[-1]
+        self.earliest = self.accs[0].start
+        self.starts = [a.start for a in self.light]
+        self.light_end = self.light[-1].cut if self.light else 0
+        self.out_rows: list[dict] = []
+
+    @property
+    def complete(self) -> bool:
+        """The period has ended as of `now`: its figures depend only on the tickets."""
+        return self.main.cut == self.main.end
+
+    def feed(self, s: dict) -> None:
+        created = s.get("created")
+        main = self.main
+        if created is None or created >= main.cut or s.get("v") != VERSION:
+            return
+        if self.team is not None and s.get("team") != self.team:
+            return
+        last_at, still_open = s["last"], s.get("status") in OPEN
+        if last_at < self.earliest and not still_open:
+            return  # everything about it happened before the oldest period
+        light = self.light
+        if light and s["rat"]:  # the older periods of the trend: the last rating in each
+            earliest, light_end, starts = self.earliest, self.light_end, self.starts
+            seen: dict[int, int] = {}
+            for at, score in s["rat"]:
+                if earliest <= at < light_end:
+                    seen[bisect.bisect_right(starts, at) - 1] = score
+            for i, score in seen.items():
+                light[i].scores[score] += 1
+        for acc in self.full:
+            if created >= acc.cut or (last_at < acc.start and not still_open):
+                continue  # created after it, or settled before it began
+            st = state_at(s, acc.cut)
+            if _add(acc, s, st) and self.rows and acc is main:
+                self.out_rows.append(_row(s, st, acc))
+
+    def merge(self, other: Tally) -> None:
+        for mine, theirs in zip(self.accs, other.accs, strict=True):
+            if (mine.period, mine.cut) != (theirs.period, theirs.cut):
+                raise ValueError("tallies of different reports")
+            if mine.full:
+                mine.merge(theirs)
+            else:
+                mine.scores += theirs.scores
+        self.out_rows += other.out_rows
+
+    def dump(self) -> list:
+        """The accumulators (not the CSV rows) as JSON-able data."""
+        return [a.dump() if a.full else list(a.scores.items()) for a in self.accs]
+
+    def load(self, d: list) -> None:
+        if len(d) != len(self.accs):
+            raise ValueError("a dump of another report")
+        for a, x in zip(self.accs, d, strict=True):
+            if a.full:
+                a.load(x)
+            else:
+                a.scores = Counter(dict(x))
+
+    def metrics(self, *, by: str | None = None, locale: str = "en", company: str = "",
+                staff_names: dict[str, str] | None = None) -> Metrics:
+        if by is not None and by not in DIMENSIONS:
+            raise ValueError(f"by must be one of {', '.join(DIMENSIONS)}")
+        accs, period, now = self.accs, self.period, self.now
+        names = dict(staff_names or {})
+        data = _figures(self.main, names)
+        prev = _figures(accs[-2], names)
+        groups, _ = data.pop("_groups"), prev.pop("_groups")
+        data["categories_growth"] = _growth(data["by_category"], prev["by_category"])
+        data["csat_trend"] = [{"period": a.period.label, "from": a.period.first.isoformat(),
+                               "to": a.period.last.isoformat(), **_csat(a.scores)} for a in accs]
+        data["change"] = {k: _diff(data[k], prev[k]) for k in _CHANGE_KEYS}
+        data["previous"] = prev
+        data["team"] = self.team
+        data["generated_at"] = now.isoformat(timespec="seconds")
+        data["running"] = self.now_ts < int(period.end.timestamp())
+        if by is not None:
+            data["breakdown"] = {"by": by, "rows": data["by_team"] if by == "team" else data["by_agent"]
+                                 if by == "agent" else groups[by]}
+        out_rows = sorted(self.out_rows, key=lambda r: r["created"])
+        return Metrics(data, out_rows, period, locale, company, self.team, by, names)
+
+
 def compute(summaries: Iterable[dict], period: Period, now: datetime, *, team: str | None = None,
             by: str | None = None, rows: bool = False, locale: str = "en", company: str = "",
             staff_names: dict[str, str] | None = None) -> Metrics:
@@ -529,55 +728,11 @@ def compute(summaries: Iterable[dict], period: Period, now: datetime, *, team: s
     `breakdown`. `rows`: keep one row per ticket of `period` (for the CSV)."""
     if by is not None and by not in DIMENSIONS:
         raise ValueError(f"by must be one of {', '.join(DIMENSIONS)}")
-    now_ts = int(now.timestamp()) + 1  # an event at `now` itself has happened
-    periods = [period.shifted(k - TREND + 1) for k in range(TREND)]
-    accs = [_Acc(p, min(int(p.end.timestamp()), now_ts), full=k >= TREND - 2) for k, p in enumerate(periods)]
-    full = [a for a in accs if a.full]
-    light = [a for a in accs if not a.full]
-    main = accs[-1]
-    earliest = accs[0].start
-    out_rows: list[dict] = []
-    starts = [a.start for a in light]
-    light_end = light[-1].cut if light else 0
+    tally = Tally(period, now, team=team, rows=rows)
+    feed = tally.feed
     for s in summaries:
-        created = s.get("created")
-        if created is None or created >= main.cut or s.get("v") != VERSION:
-            continue
-        if team is not None and s.get("team") != team:
-            continue
-        last_at, still_open = s["last"], s.get("status") in OPEN
-        if last_at < earliest and not still_open:
-            continue  # everything about it happened before the oldest period
-        if light and s["rat"]:  # the older periods of the trend: the last rating in each
-            seen: dict[int, int] = {}
-            for at, score in s["rat"]:
-                if earliest <= at < light_end:
-                    seen[bisect.bisect_right(starts, at) - 1] = score
-            for i, score in seen.items():
-                light[i].scores.append(score)
-        for acc in full:
-            if created >= acc.cut or (last_at < acc.start and not still_open):
-                continue  # created after it, or settled before it began
-            st = state_at(s, acc.cut)
-            if _add(acc, s, st) and rows and acc is main:
-                out_rows.append(_row(s, st, acc))
-    names = dict(staff_names or {})
-    data = _figures(main, names)
-    prev = _figures(accs[-2], names)
-    groups, _ = data.pop("_groups"), prev.pop("_groups")
-    data["categories_growth"] = _growth(data["by_category"], prev["by_category"])
-    data["csat_trend"] = [{"period": a.period.label, "from": a.period.first.isoformat(),
-                           "to": a.period.last.isoformat(), **_csat(a.scores)} for a in accs]
-    data["change"] = {k: _diff(data[k], prev[k]) for k in _CHANGE_KEYS}
-    data["previous"] = prev
-    data["team"] = team
-    data["generated_at"] = now.isoformat(timespec="seconds")
-    data["running"] = now_ts < int(period.end.timestamp())
-    if by is not None:
-        data["breakdown"] = {"by": by, "rows": data["by_team"] if by == "team" else data["by_agent"]
-                             if by == "agent" else groups[by]}
-    out_rows.sort(key=lambda r: r["created"])
-    return Metrics(data, out_rows, period, locale, company, team, by, names)
+        feed(s)
+    return tally.metrics(by=by, locale=locale, company=company, staff_names=staff_names)
 
 
 # ---------------------------------------------------------------------------------------------------

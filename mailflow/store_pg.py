@@ -21,10 +21,11 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import socket
 import threading
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import ConnectionPool
 
 from mailflow import pg_schema
-from mailflow.clock import iso, utcnow
+from mailflow.clock import iso, parse_iso, utcnow
 from mailflow.storeapi import BatchAborted, SchemaError, StoreError
 from mailflow.tickets import OPEN_STATUSES
 
@@ -666,6 +667,7 @@ class PgStore:
             self._live.pop(tid, None)
         if moving:
             self._x("UPDATE messages SET archived = true WHERE ticket_id = ANY(%s)", ([tid for tid, _t in moving],))
+            self._touch_report_days([t.get("created_at") for _tid, t in moving])
         return len(moving)
 
     def unarchive(self, tid: str) -> dict | None:
@@ -673,9 +675,11 @@ class PgStore:
         t = self.ticket(tid)
         if t is not None:
             return t
-        if self._x("UPDATE tickets SET archived = false, summary = NULL WHERE id = %s AND archived RETURNING id",
-                   (tid,)).fetchone() is None:
+        row = self._x("UPDATE tickets SET archived = false, summary = NULL WHERE id = %s AND archived RETURNING "
+                      "created_at", (tid,)).fetchone()
+        if row is None:
             return None
+        self._touch_report_days([row[0]])
         self._x("UPDATE messages SET archived = false WHERE ticket_id = %s", (tid,))
         return self.ticket(tid)
 
@@ -687,6 +691,7 @@ class PgStore:
                        "closed_at <> '' AND closed_at < %s RETURNING id, doc", (closed_before,)).fetchall()
         if not gone:
             return []
+        self._touch_report_days([t.get("created_at") for _tid, t in gone])
         ids = [tid for tid, _t in gone]
         msgs: dict[str, list[dict]] = {}
         for tid, m in self._x("DELETE FROM messages WHERE ticket_id = ANY(%s) RETURNING ticket_id, doc",
@@ -749,18 +754,54 @@ class PgStore:
             for (text,) in cur:
                 yield text
 
-    def hot_summaries(self, cfg: Any) -> Iterator[tuple[str, dict]]:
+    # ---- the reports' cache (mailflow/report_cache.py) -----------------------------------------
+    # A stamp per UTC creation day of archived tickets (meta `rcache:gen:YYYY-MM-DD`), changed in the
+    # transaction that changes any archived ticket created that day; the kept parts of reports in
+    # meta `rcache:data:KEY` ({"at": epoch, "data": text}), written outside any batch.
+
+    REPORT_CACHE_KEEP = 48  # kept reports (period x team x config); the least recently written go
+
+    def _touch_report_days(self, created: list[str | None]) -> None:
+        days = sorted({d.astimezone(UTC).date().isoformat() for d in map(parse_iso, created) if d is not None})
+        if days:
+            self._x("INSERT INTO meta (key, value) SELECT 'rcache:gen:' || d, to_jsonb(%s::text) FROM unnest(%s::text[]) d "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (secrets.token_hex(8), days))
+
+    def report_day_stamps(self, day_from: str, day_to: str) -> dict[str, str]:
+        """{UTC day: stamp} of the days in [day_from, day_to] (ISO dates) that have one."""
+        rows = self._q("SELECT substr(key, 12), value #>> '{}' FROM meta WHERE key >= %s AND key <= %s",
+                       (f"rcache:gen:{day_from}", f"rcache:gen:{day_to}"))
+        return dict(rows)
+
+    def report_cache_get(self, key: str) -> bytes | None:
+        text = self._q1("SELECT value ->> 'data' FROM meta WHERE key = %s", (f"rcache:data:{key}",))
+        return text.encode() if text is not None else None
+
+    def report_cache_put(self, key: str, data: bytes) -> None:
+        """Keep a report's parts (its own statement: a report never holds a lock on meta); the
+        oldest beyond REPORT_CACHE_KEEP are dropped."""
+        self._auto("INSERT INTO meta (key, value) VALUES (%s, jsonb_build_object('at', extract(epoch FROM now())::bigint, "
+                   "'data', %s::text)) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                   (f"rcache:data:{key}", data.decode()))
+        self._auto("DELETE FROM meta WHERE key LIKE 'rcache:data:%%' AND key NOT IN (SELECT key FROM meta WHERE key "
+                   "LIKE 'rcache:data:%%' ORDER BY (value ->> 'at')::bigint DESC, key LIMIT %s)", (self.REPORT_CACHE_KEEP,))
+
+    def hot_summaries(self, cfg: Any, created_before: str | None = None) -> Iterator[tuple[str, dict]]:
         """(id, `summary.summarize(ticket, cfg)`) of every hot ticket, for reports. A hot ticket's
         summary is kept in its `summary` column with the config fingerprint it was made with
         (`_fp`); every write of the ticket clears it (`_flush`), so a report summarizes only what
         changed since the last one (0.4 ms a ticket: 13,566 hot tickets were 5.4 s a report) and
-        writes those back, each only if the row is still the version it read (`xmin`)."""
+        writes those back, each only if the row is still the version it read (`xmin`).
+        `created_before` (ISO): only tickets created before it (a past period's report)."""
         from mailflow import summary
         from mailflow.report_source import fingerprint
 
         fp = fingerprint(cfg)
         stale: list[str] = []
-        for tid, text in self._q("SELECT id, summary::text FROM tickets WHERE NOT archived ORDER BY created_at, id"):
+        where, args = "NOT archived", ()
+        if created_before is not None:
+            where, args = "NOT archived AND created_at < %s", (created_before,)
+        for tid, text in self._q(f"SELECT id, summary::text FROM tickets WHERE {where} ORDER BY created_at, id", args):
             s = orjson.loads(text) if text is not None else None
             if s is not None and s.pop("_fp", None) == fp:
                 yield tid, s
@@ -922,6 +963,9 @@ class PgStore:
         """Replace one document whole (privacy erase), with the columns beside it; an archived
         ticket's report summary is made again from the new document."""
         if table == "tickets":
+            before = self._x("SELECT created_at FROM tickets WHERE id = %s AND archived", (key,)).fetchone()
+            if before is not None:  # the reports' kept parts of both creation days are stale
+                self._touch_report_days([before[0], doc.get("created_at")])
             self._x("UPDATE tickets SET status = %s, customer_email = %s, created_at = %s, closed_at = %s, "
                     "wake_at = CASE WHEN archived THEN NULL ELSE %s END, doc = %s, summary = CASE WHEN archived THEN "
                     "summary END WHERE id = %s",
