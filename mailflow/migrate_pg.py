@@ -346,6 +346,8 @@ def migrate(cfg: Any, batch_size: int = 5000, echo=lambda s: None) -> Result:
             before = c.execute("SELECT count(*) FROM meta").fetchone()[0]
             cur.executemany("INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING", meta)
             added["meta"] = c.execute("SELECT count(*) FROM meta").fetchone()[0] - before
+            # rows were added under them: the reports' kept parts and what `verify` remembers are stale
+            c.execute("DELETE FROM meta WHERE key LIKE 'rcache:%' OR key = 'verify:checked'")
         if direct:
             echo("analyzing")
             c.execute("ANALYZE")
