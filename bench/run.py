@@ -186,6 +186,9 @@ def mailflow_env() -> dict:
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.pop("MAILFLOW_CONFIG", None)
     env.pop("MAILFLOW_DATA_DIR", None)
+    # as an installed package runs: with its compiled .pyc (pip writes them at install); without
+    # them every command recompiles mailflow first (0.25-0.4 s of each CLI figure on this machine)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
 
