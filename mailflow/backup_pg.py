@@ -249,9 +249,10 @@ def verify(cfg: Any, echo: Callable[[str], None] = lambda s: None, full: bool = 
 
     Messages are many (4.1M in the 1M-ticket set) and, once written, keep the files they name, so
     a verify remembers what it read (meta `verify:checked`: the last message row, the length each
-    spool segment must have for those rows, the attachments they list): the next one reads only
-    the rows added since and checks the remembered segments and attachments on disk, so a file
-    that went missing is still found (the last REREAD rows are read again: one a batch had not
+    recent spool segment must have for those rows, each closed day folder's mtime and file count,
+    the attachments they list): the next one reads only the rows added since and checks the
+    remembered segments, folders and attachments on disk, so a file that went missing is still
+    found (a segment of a closed day cut short in place is found by `full` only) (the last REREAD rows are read again: one a batch had not
     yet committed then). Every row is read again with `full`, on the first run, and
     after anything that removes files on purpose (retention, a privacy erase: their meta logs
     changed)."""
@@ -274,11 +275,11 @@ def verify(cfg: Any, echo: Callable[[str], None] = lambda s: None, full: bool = 
             v.att_before = meta.get("retention:attachments_before") or ""
             removals = _removals(meta)
             state = meta.get(VERIFIED)
-            if full or not isinstance(state, dict) or state.get("v") != 1 or state.get("removals") != removals:
-                state = {"v": 1, "k": 0, "segments": {}, "attachments": {}}
+            if full or not isinstance(state, dict) or state.get("v") != 2 or state.get("removals") != removals:
+                state = {"v": 2, "k": 0, "segments": {}, "days": {}, "attachments": {}}
                 echo("reading every message row (the first verify, --full, or files were removed since)")
             since = max(0, int(state["k"]) - REREAD) if state["k"] else 0
-            segments, atts = dict(state["segments"]), dict(state["attachments"])
+            segments, atts, days = dict(state["segments"]), dict(state["attachments"]), dict(state["days"])
             earlier = (set(segments), set(atts))  # what rows read by earlier verifies need
             orphans = c.execute("SELECT count(*) FROM messages m WHERE m.k > %s AND ticket_id IS NOT NULL AND NOT "
                                 "EXISTS (SELECT 1 FROM tickets t WHERE t.id = m.ticket_id COLLATE \"C\")",
@@ -296,10 +297,12 @@ def verify(cfg: Any, echo: Callable[[str], None] = lambda s: None, full: bool = 
                     if n % 500_000 == 0:
                         echo(f"  {n:,} message rows read")
             _check_remembered(v, {k: segments[k] for k in earlier[0]}, {k: atts[k] for k in earlier[1]})
+            _check_days(v, days)
+            _close_days(v, segments, days)
             v.attachments.update(atts)
             c.execute("INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = "
-                      "excluded.value", (VERIFIED, Jsonb({"v": 1, "k": last, "segments": segments, "attachments": atts,
-                                                          "removals": removals})))
+                      "excluded.value", (VERIFIED, Jsonb({"v": 2, "k": last, "segments": segments, "days": days,
+                                                          "attachments": atts, "removals": removals})))
             echo(f"message rows read: {n:,} (new since the last verify: rows after {since:,})" if since else
                  f"message rows read: {n:,}")
             for k, q in c.execute("SELECT k, doc FROM quarantine WHERE spool IS NOT NULL AND status <> 'erased'"):
@@ -323,6 +326,56 @@ def verify(cfg: Any, echo: Callable[[str], None] = lambda s: None, full: bool = 
     v.files()
     echo(f"database schema version {ver}")
     return v.problems
+
+
+CLOSED_AFTER_DAYS = 2  # a spool day folder gets no new segment once its UTC day is this long past
+
+
+def _close_days(v: Any, segments: dict[str, int], days: dict[str, list]) -> None:
+    """Fold the remembered segments of day folders that are closed (no segment is written into a
+    past day's folder; 2 days of margin for hosts' clocks) into one entry per folder: its mtime and
+    how many files it holds. A folder's mtime changes when a file in it is added, removed or renamed,
+    so the next verify stats one folder per day, not every segment (a daemon on IDLE writes one
+    segment per mail: 2M a year in the 1M-ticket set)."""
+    from datetime import UTC, datetime, timedelta
+
+    cut = (datetime.now(UTC) - timedelta(days=CLOSED_AFTER_DAYS)).strftime("%Y/%m/%d")
+    closing: set[str] = set()
+    for name in list(segments):
+        day = name[:10]
+        if len(day) == 10 and day.count("/") == 2 and day < cut:
+            closing.add(day)
+            del segments[name]
+    for day in closing:
+        d = v.dir / "spool" / day
+        try:
+            days[day] = [os.stat(d).st_mtime_ns, sum(1 for _ in os.scandir(d))]
+        except OSError:
+            days[day] = [None, 0]  # already missing: reported from the rows; stays reported
+
+
+def _check_days(v: Any, days: dict[str, list]) -> None:
+    """The closed day folders earlier verifies read: still there, nothing added or removed since."""
+    for day, (mtime, count) in sorted(days.items()):
+        if v.raw_before and day < v.raw_before:
+            continue  # expired by [retention] raw_mail_days
+        d = v.dir / "spool" / day
+        try:
+            now_mtime = os.stat(d).st_mtime_ns
+        except OSError:
+            now_mtime = None
+        if now_mtime == mtime is not None:
+            continue
+        if now_mtime is None:
+            v.add(f"spool/{day}", f"missing (a day of raw mail: {count} segment files when verify checked it)",
+                  "restore the folder from a backup; `mailflow verify --full` names the tickets")
+            continue
+        have = sum(1 for _ in os.scandir(d))
+        what = (f"{count - have} of its {count} segment files are gone" if have < count else
+                "it was missing then" if mtime is None else "files were added, removed or renamed in it")
+        v.add(f"spool/{day}", f"changed since verify checked it ({what})",
+              "restore what is missing from a backup; `mailflow verify --full` checks every file and names the "
+              "tickets (and remembers the folder as it is then)")
 
 
 def _removals(meta: dict) -> str:

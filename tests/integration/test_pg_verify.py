@@ -81,3 +81,27 @@ def test_a_privacy_erase_makes_the_next_verify_read_everything(tmp_path, pg_dsn,
     problems, said = _verify(cfg)
     assert problems == [] and any("every message row" in s for s in said)  # its attachment went on purpose
     assert json.loads(mailflow(cfg, "tickets", "list", "--json").stdout)
+
+
+def test_a_closed_day_folder_is_remembered_by_its_mtime_and_a_lost_segment_found(tmp_path, pg_dsn, monkeypatch):
+    """Day folders whose day is past are remembered as one entry each (a daemon on IDLE writes a
+    segment per mail), and a segment removed from one is still found without reading its rows."""
+    monkeypatch.setattr(backup_pg, "REREAD", 0)
+    monkeypatch.setattr(backup_pg, "CLOSED_AFTER_DAYS", -1)  # today's folder counts as closed
+    cfg = _cfg(tmp_path, pg_dsn)
+    mailflow(cfg, "ingest", str(_mails(tmp_path / "a", 0, 3)))
+    mailflow(cfg, "ingest", str(_mails(tmp_path / "b", 10, 3)))
+    assert _verify(cfg)[0] == []
+    import psycopg
+
+    with psycopg.connect(pg_dsn) as c:
+        state = c.execute("SELECT value FROM meta WHERE key = 'verify:checked'").fetchone()[0]
+    assert state["segments"] == {} and len(state["days"]) == 1  # one folder, not one entry per segment
+    problems, said = _verify(cfg)
+    assert problems == [] and any(s.startswith("message rows read: 0") for s in said)
+    data = tmp_path / "data"
+    segs = sorted(p for p in (data / "spool").rglob("*") if p.is_file())
+    assert len(segs) >= 2
+    segs[0].unlink()
+    problems, _said = _verify(cfg)
+    assert any("segment files are gone" in p for p in problems), problems
