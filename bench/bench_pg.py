@@ -82,7 +82,7 @@ class KeptPostgres(Postgres):
             if self.as_user is not None:
                 os.chown(self.sock, *self.as_user)
             r = self._run([find_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-t", "300",
-                           "-o", f"-p {self.port}", "start"])
+                           "-o", f"-p {self.port} -k {self.sock}", "start"])
             if r.returncode != 0:
                 raise RuntimeError(f"pg_ctl start failed: {r.stderr}")
             self.pid = int((self.data / "postmaster.pid").read_text().split()[0])
