@@ -172,10 +172,16 @@ def ensure_loaded(pg: KeptPostgres, data: Path, work: Path) -> dict:
 def upgrade(pg: KeptPostgres, work: Path) -> dict:
     """`mailflow db upgrade` on the loaded database (the migrations after 1), timed."""
     cfg = write_config(work / "upgrade.toml", work / "upgrade-data", pg.dsn(DB))
+    import psycopg
+
     secs, p = mailflow(cfg, "db", "upgrade")
     if p.returncode:
         raise BenchError(f"db upgrade: {p.stdout}{p.stderr}")
-    return {"upgrade_s": secs, "upgrade_out": p.stdout.strip()}
+    with psycopg.connect(pg.dsn(DB), autocommit=True) as c:  # what each search index costs on disk
+        sizes = dict(c.execute("SELECT indexrelname, pg_size_pretty(pg_relation_size(indexrelid)) FROM "
+                               "pg_stat_user_indexes WHERE relname IN ('tickets', 'messages') ORDER BY 1").fetchall())
+        db_size = c.execute("SELECT pg_size_pretty(pg_database_size(current_database()))").fetchone()[0]
+    return {"upgrade_s": secs, "upgrade_out": p.stdout.strip(), "index_sizes": sizes, "db_size": db_size}
 
 
 # ---- backlog --------------------------------------------------------------------------------------
@@ -348,8 +354,9 @@ def cli(pg: KeptPostgres, a: argparse.Namespace, work: Path) -> list[dict]:
                 if secs > a.cli_timeout / 2:
                     break  # one slow run is the figure
             r[which] = {"median_s": statistics.median(times or [secs]), "max_s": max(times or [secs]), "rc": rc,
-                        "err": tail}
-            log(f"cli {label} [{which}]: {r[which]['median_s']:.2f} s (max {r[which]['max_s']:.2f})"
+                        "err": tail, "loadavg": os.getloadavg()[0]}
+            log(f"cli {label} [{which}]: {r[which]['median_s']:.2f} s (max {r[which]['max_s']:.2f}, load "
+                f"{r[which]['loadavg']:.1f})"
                 f"{f' rc={rc} {tail}' if rc else ''}")
         out.append(r)
     return out
