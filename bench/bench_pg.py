@@ -242,7 +242,7 @@ def backlog(pg: KeptPostgres, a: argparse.Namespace, work: Path) -> dict:
             expected = corpus.counts(mails)["new"]
             res: dict = {"run": i, "seed": a.seed + i}
             for which in (["1m"] if i == 0 else ["empty", "1m"] if i % 2 else ["1m", "empty"]):
-                user, mailbox = f"{which}{i}", f"bench{i}"
+                user, mailbox = f"{which}{i}", f"bench{a.seed + i}"  # a rerun (new seeds) counts only its own
                 fill_mailbox(dv, user, raws)
                 if which == "1m":
                     dsn = pg.dsn(DB)
