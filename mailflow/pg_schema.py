@@ -141,15 +141,17 @@ MIGRATIONS: list[str] = [
     # 3: what pg_trgm cannot narrow (issue 16's second pass): a one- or two-character Chinese word
     # (no trigram), and `privacy export` (an address in any field, not only from/to/cc and text)
     r"""
-    -- the CJK characters of a text and the pairs of adjacent ones, distinct: a word's CJK runs
-    -- are in a document only if their characters and pairs are (store_pg.py `cjk_grams`, the
-    -- same classes: Han with extensions and compatibility ideographs, kana, Hangul syllables)
+    -- the CJK characters of a text and the pairs of adjacent ones (GIN keeps each once): a word's
+    -- CJK runs are in a document only if their characters and pairs are (store_pg.py `cjk_grams`,
+    -- the same classes: Han with extensions and compatibility ideographs, kana, Hangul syllables).
+    -- Each run's pairs are its even and its odd pairs (two non-overlapping matches): no substr(),
+    -- which walks a UTF-8 text from its start (2.9x slower on the 1M set's messages)
     CREATE FUNCTION mailflow_cjk_grams(t text) RETURNS text[] LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-        SELECT coalesce(array_agg(DISTINCT g), '{}') FROM (
-            SELECT substr(r, i, n) FROM regexp_split_to_table(
-                t, '[^\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0002fa1f]+') r,
-                generate_series(1, length(r)) i, (VALUES (1), (2)) k(n)
-            WHERE i + n - 1 <= length(r)) x(g) $$;
+        SELECT coalesce(array_agg(g), '{}') FROM (SELECT (regexp_matches(t,
+            '[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0002fa1f]+', 'g'))[1]) m(r),
+            LATERAL (SELECT unnest(string_to_array(r, NULL))
+                     UNION ALL SELECT (regexp_matches(r, '..', 'g'))[1]
+                     UNION ALL SELECT (regexp_matches(substr(r, 2), '..', 'g'))[1]) x(g) $$;
     -- every string of a document that holds an @, lower case, one a line: with the text indexes
     -- (subject, text, customer name) this is every place an address can be (privacy export)
     CREATE FUNCTION mailflow_at_text(d jsonb) RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
