@@ -82,7 +82,7 @@ class KeptPostgres(Postgres):
             if self.as_user is not None:
                 os.chown(self.sock, *self.as_user)
             r = self._run([find_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-t", "300",
-                           "-o", f"-p {self.port}", "start"])
+                           "-o", f"-p {self.port} -k {self.sock}", "start"])
             if r.returncode != 0:
                 raise RuntimeError(f"pg_ctl start failed: {r.stderr}")
             self.pid = int((self.data / "postmaster.pid").read_text().split()[0])
@@ -172,10 +172,16 @@ def ensure_loaded(pg: KeptPostgres, data: Path, work: Path) -> dict:
 def upgrade(pg: KeptPostgres, work: Path) -> dict:
     """`mailflow db upgrade` on the loaded database (the migrations after 1), timed."""
     cfg = write_config(work / "upgrade.toml", work / "upgrade-data", pg.dsn(DB))
+    import psycopg
+
     secs, p = mailflow(cfg, "db", "upgrade")
     if p.returncode:
         raise BenchError(f"db upgrade: {p.stdout}{p.stderr}")
-    return {"upgrade_s": secs, "upgrade_out": p.stdout.strip()}
+    with psycopg.connect(pg.dsn(DB), autocommit=True) as c:  # what each search index costs on disk
+        sizes = dict(c.execute("SELECT indexrelname, pg_size_pretty(pg_relation_size(indexrelid)) FROM "
+                               "pg_stat_user_indexes WHERE relname IN ('tickets', 'messages') ORDER BY 1").fetchall())
+        db_size = c.execute("SELECT pg_size_pretty(pg_database_size(current_database()))").fetchone()[0]
+    return {"upgrade_s": secs, "upgrade_out": p.stdout.strip(), "index_sizes": sizes, "db_size": db_size}
 
 
 # ---- backlog --------------------------------------------------------------------------------------
@@ -236,7 +242,7 @@ def backlog(pg: KeptPostgres, a: argparse.Namespace, work: Path) -> dict:
             expected = corpus.counts(mails)["new"]
             res: dict = {"run": i, "seed": a.seed + i}
             for which in (["1m"] if i == 0 else ["empty", "1m"] if i % 2 else ["1m", "empty"]):
-                user, mailbox = f"{which}{i}", f"bench{i}"
+                user, mailbox = f"{which}{i}", f"bench{a.seed + i}"  # a rerun (new seeds) counts only its own
                 fill_mailbox(dv, user, raws)
                 if which == "1m":
                     dsn = pg.dsn(DB)
@@ -348,8 +354,9 @@ def cli(pg: KeptPostgres, a: argparse.Namespace, work: Path) -> list[dict]:
                 if secs > a.cli_timeout / 2:
                     break  # one slow run is the figure
             r[which] = {"median_s": statistics.median(times or [secs]), "max_s": max(times or [secs]), "rc": rc,
-                        "err": tail}
-            log(f"cli {label} [{which}]: {r[which]['median_s']:.2f} s (max {r[which]['max_s']:.2f})"
+                        "err": tail, "loadavg": os.getloadavg()[0]}
+            log(f"cli {label} [{which}]: {r[which]['median_s']:.2f} s (max {r[which]['max_s']:.2f}, load "
+                f"{r[which]['loadavg']:.1f})"
                 f"{f' rc={rc} {tail}' if rc else ''}")
         out.append(r)
     return out

@@ -831,10 +831,13 @@ class PgStore:
         SQL only narrows. An address is looked up in the address indexes of tickets and messages
         (migration 2's `mailflow_addrs`). Words: the newest 5,000 tickets are read first, a page of
         1,000 at a time with the words matched in SQL, which is all a common word needs to reach
-        the limit; if that does not, each word of three or more letters or digits is looked up in
-        the trigram indexes of the text (`mailflow_text`, `mailflow_ticket_text`) and, when they
-        name fewer than SEARCH_PROBE tickets, only those are read. A word no index narrows (a
-        rare two-character Chinese word) is matched page by page through the whole history."""
+        the limit; if that does not, each word is looked up in an index, and when the index names
+        fewer than SEARCH_PROBE tickets (counted in rows of each table), only those are read: a
+        word with CJK characters in migration 3's index of CJK characters and pairs
+        (`mailflow_cjk_grams`: a one- or two-character Chinese word has no trigram), else or if
+        that does not narrow it, a word of three or more letters or digits in the trigram indexes
+        of the text (`mailflow_text`, `mailflow_ticket_text`). A word no index narrows (a common
+        one, or punctuation) is matched page by page through the whole history."""
         base, args = [], []
         if q.status:
             base.append("t.status = %s")
@@ -858,17 +861,38 @@ class PgStore:
             if done:
                 return out, more
             for w in words:
-                if not _trigrams(w):
-                    continue
-                pat = "%" + w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-                got = {r[0] for r in self._q(
-                    "(SELECT id FROM tickets WHERE mailflow_ticket_text(doc) LIKE %s LIMIT %s) UNION "
-                    "(SELECT ticket_id FROM messages WHERE mailflow_text(doc) LIKE %s AND ticket_id IS NOT NULL "
-                    "LIMIT %s)", (pat, self.SEARCH_PROBE, pat, self.SEARCH_PROBE))}
-                if len(got) < self.SEARCH_PROBE:
+                got = self._word_tickets(w)
+                if got is not None:
                     cands = got if cands is None else cands & got
         out, more, _done = self._search_pages(q, base, args, cands, None)
         return out, more
+
+    def _word_tickets(self, w: str) -> set[str] | None:
+        """The tickets whose text (a message's or the ticket's own) may hold the word, from an
+        index; None if no index narrows it below SEARCH_PROBE rows of each table."""
+        grams = cjk_grams(w)
+        if grams:
+            got = self._probe("mailflow_cjk_grams(mailflow_ticket_text(doc)) @> %s::text[]",
+                              "mailflow_cjk_grams(mailflow_text(doc)) @> %s::text[]", grams)
+            if got is not None:
+                return got
+        if _trigrams(w):
+            pat = "%" + w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            return self._probe("mailflow_ticket_text(doc) LIKE %s", "mailflow_text(doc) LIKE %s", pat)
+        return None
+
+    def _probe(self, ticket_cond: str, message_cond: str, arg: Any) -> set[str] | None:
+        """Ticket ids of the tickets and messages matching the conditions, if fewer than
+        SEARCH_PROBE rows of each (so that none was left out by the LIMIT); else None."""
+        n = self.SEARCH_PROBE
+        rows = self._q(f"SELECT id FROM tickets WHERE {ticket_cond} LIMIT %s", (arg, n))
+        if len(rows) >= n:
+            return None
+        msgs = self._q(f"SELECT ticket_id FROM messages WHERE {message_cond} AND ticket_id IS NOT NULL LIMIT %s",
+                       (arg, n))
+        if len(msgs) >= n:
+            return None
+        return {r[0] for r in rows} | {r[0] for r in msgs}
 
     def _search_pages(self, q: Any, base: list[str], args: list, cands: set[str] | None,
                       max_pages: int | None) -> tuple[list[dict], bool, bool]:
@@ -947,15 +971,32 @@ class PgStore:
              "outbox": ("k", "SELECT k, doc, data IS NOT NULL FROM outbox"),
              "quarantine": ("k", "SELECT k, doc, false FROM quarantine")}
 
+    # where, besides the text indexes, an address may be in a document (migration 3's `mailflow_at_text`)
+    _AT = {"tickets": ("mailflow_ticket_text(doc)", "mailflow_at_text(doc - 'subject' - 'customer_name')"),
+           "messages": ("mailflow_text(doc)", "mailflow_at_text(doc - 'subject' - 'text')")}
+
     def docs_mentioning(self, table: str, needles: list[str], tickets: list[str] = ()) -> list[tuple[str, dict, bool]]:
-        """(key, document, flag) of rows whose document holds any needle (case-insensitive), or
-        that belong to one of `tickets` (flag: archived; outbox: has its mail's bytes)."""
+        """(key, document, flag) of rows whose document holds any needle (case-insensitive:
+        `doc::text ILIKE`), or that belong to one of `tickets` (flag: archived; outbox: has its
+        mail's bytes). Tickets and messages: a needle with an @ (an address) is looked up in the
+        trigram indexes of the text fields and of every other string holding an @ (the only
+        places it can be), then checked as before; a needle without one (a name, for erase) can
+        be in any field and is matched by reading every row. Outbox and quarantine are small
+        tables (pruned after days) and always read whole."""
         _key, sql = self._DOCS[table]
-        pats = ["%" + n.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%" for n in needles]
+
+        def pat(n: str) -> str:
+            return "%" + n.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+        pats = [pat(n) for n in needles]
         cond = "doc::text ILIKE ANY(%s)"
         args: list = [pats]
+        if table in self._AT and needles and all("@" in n for n in needles):
+            text, at = self._AT[table]  # ILIKE is lower(x) LIKE lower(pattern): so are these
+            cond = f"({' OR '.join(f'{text} LIKE lower(%s) OR {at} LIKE lower(%s)' for _p in pats)}) AND {cond}"
+            args = [x for p in pats for x in (p, p)] + args
         if tickets and table != "quarantine":
-            cond += f" OR {'id' if table == 'tickets' else 'ticket_id'} = ANY(%s)"
+            cond = f"({cond}) OR {'id' if table == 'tickets' else 'ticket_id'} = ANY(%s)"
             args.append(list(tickets))
         return [(str(k), d, bool(f)) for k, d, f in self._q(f"{sql} WHERE {cond} ORDER BY 1", args)]
 
@@ -1130,6 +1171,32 @@ class PgStore:
             v, why = pg_schema.state(c)
             return {"server": c.execute("SHOW server_version").fetchone()[0], "schema": v,
                     "known": pg_schema.VERSION, "problem": why}
+
+
+# the characters migration 3's `mailflow_cjk_grams` indexes (its regular expression: the same ranges)
+_CJK = ((0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xAC00, 0xD7AF), (0xF900, 0xFAFF),
+        (0x20000, 0x2FA1F))
+
+
+def _is_cjk(ch: str) -> bool:
+    o = ord(ch)
+    return any(a <= o <= b for a, b in _CJK)
+
+
+def cjk_grams(word: str) -> list[str]:
+    """What a document holding `word` (lower case) must have in `mailflow_cjk_grams`: each pair of
+    adjacent CJK characters of the word, and each CJK character that has no CJK neighbour (a
+    pair implies its characters). Empty: no CJK character, nothing to look up. Sorted, distinct."""
+    out: set[str] = set()
+    for i, ch in enumerate(word):
+        if not _is_cjk(ch):
+            continue
+        nxt = i + 1 < len(word) and _is_cjk(word[i + 1])
+        if nxt:
+            out.add(word[i:i + 2])
+        elif not (i and _is_cjk(word[i - 1])):
+            out.add(ch)
+    return sorted(out)
 
 
 def _trigrams(word: str) -> bool:
