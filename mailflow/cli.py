@@ -486,6 +486,7 @@ def tickets_list(obj: Ctx, status: str | None, overdue: bool, due_within: str | 
     horizon = _duration(due_within) if due_within else None
     rows = []
     unfiltered = status is None and not overdue and horizon is None and not breached
+    holding: set[str] | None = None  # ids whose stored SLA record holds, where they were asked
     if unfiltered and (not as_json or limit):  # the newest few: parse only the tickets shown
         n = TABLE_LIMIT if limit is None else limit or None
         total, everything = store.newest_hot_tickets(n)
@@ -495,7 +496,8 @@ def tickets_list(obj: Ctx, status: str | None, overdue: bool, due_within: str | 
         # running clocks are wanted: read the stored SLA records, not every history (closed tickets
         # waiting for the archive have none running); replay only where a record no longer holds
         light = store.hot_clock_records(iso(now))
-        stale = [t["id"] for t in light if not slaclock.record_holds(t, obj.cfg, now)]
+        holding = {t["id"] for t in light if slaclock.record_holds(t, obj.cfg, now)}
+        stale = [t["id"] for t in light if t["id"] not in holding]
         whole = {t["id"]: t for t in store.tickets_by_id(stale)} if stale else {}
         everything = sorted((whole.get(t["id"], t) for t in light), key=lambda t: t["id"])
     else:
@@ -503,8 +505,8 @@ def tickets_list(obj: Ctx, status: str | None, overdue: bool, due_within: str | 
     for t in everything:
         if status is not None and t.get("status") != status:
             continue
-        if overdue or horizon is not None:
-            running = slaclock.running_clocks(t, obj.cfg, now)  # the stored record where it holds
+        if overdue or horizon is not None:  # the stored record where it holds
+            running = slaclock.running_clocks(t, obj.cfg, now, None if holding is None else t["id"] in holding)
             if overdue and not any(late for late, _due in running):
                 continue
             if horizon is not None and not any(due and 0 <= (due - now).total_seconds() <= horizon

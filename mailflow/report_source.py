@@ -27,7 +27,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from mailflow import summary
+from mailflow import slaclock, summary
 from mailflow.config import Config
 
 try:
@@ -52,16 +52,7 @@ OPEN = ("new", "open", "pending")
 def fingerprint(cfg: Config) -> str:
     """What a summary depends on besides the ticket: the layout version, the SLA policy and calendars
     (business hours, targets) and the VIP list (the tier). Stable across runs (sets are sorted)."""
-    pol = cfg.policy
-    cals = []
-    for name in sorted(cfg.calendars):
-        c = cfg.calendars[name]
-        cals.append([c.name, c.timezone, sorted(c.workdays), list(c.hours), list(c.hours_by_day), c.country,
-                     sorted(d.isoformat() for d in c.extra_holidays),
-                     sorted(d.isoformat() for d in c.extra_workdays)])
-    parts = [summary.VERSION, repr(pol.defaults), repr(sorted(pol.tiers.items())),
-             repr(sorted(pol.categories.items())), sorted(pol.priority_calendars.items()),
-             sorted(pol.mailbox_calendars.items()), cals, sorted(v.lower() for v in cfg.vip)]
+    parts = [summary.VERSION, *slaclock.policy_parts(cfg)]
     return hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()[:12]
 
 

@@ -146,6 +146,21 @@ def sla_record(t: dict, cfg: Config, now: datetime, clocks: dict[str, sla.Clock]
 _FP: dict[int, tuple[Config, str]] = {}
 
 
+def policy_parts(cfg: Config) -> list:
+    """The SLA config as plain data, sets sorted: targets and tiers, the calendars and which applies
+    where, the VIP list. What `policy_fingerprint` and the reports' `report_source.fingerprint` hash."""
+    pol = cfg.policy
+    cals = []
+    for name in sorted(cfg.calendars):
+        c = cfg.calendars[name]
+        cals.append([c.name, c.timezone, sorted(c.workdays), list(c.hours), list(c.hours_by_day), c.country,
+                     sorted(d.isoformat() for d in c.extra_holidays),
+                     sorted(d.isoformat() for d in c.extra_workdays)])
+    return [repr(pol.defaults), repr(sorted(pol.tiers.items())), repr(sorted(pol.categories.items())),
+            sorted(pol.priority_calendars.items()), sorted(pol.mailbox_calendars.items()), cals,
+            sorted(v.lower() for v in cfg.vip)]
+
+
 def policy_fingerprint(cfg: Config) -> str:
     """What a ticket's clocks depend on besides its history: the SLA targets and tiers, the calendars
     (business hours, holidays, make-up days) and which calendar applies where, and the VIP list (the
@@ -154,17 +169,7 @@ def policy_fingerprint(cfg: Config) -> str:
     hit = _FP.get(id(cfg))
     if hit is not None and hit[0] is cfg:
         return hit[1]
-    pol = cfg.policy
-    cals = []
-    for name in sorted(cfg.calendars):
-        c = cfg.calendars[name]
-        cals.append([c.name, c.timezone, sorted(c.workdays), list(c.hours), list(c.hours_by_day), c.country,
-                     sorted(d.isoformat() for d in c.extra_holidays),
-                     sorted(d.isoformat() for d in c.extra_workdays)])
-    parts = [repr(pol.defaults), repr(sorted(pol.tiers.items())), repr(sorted(pol.categories.items())),
-             sorted(pol.priority_calendars.items()), sorted(pol.mailbox_calendars.items()), cals,
-             sorted(v.lower() for v in cfg.vip)]
-    fp = hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()[:12]
+    fp = hashlib.sha1(json.dumps(policy_parts(cfg), default=str).encode()).hexdigest()[:12]
     if len(_FP) > 16:
         _FP.clear()
     _FP[id(cfg)] = (cfg, fp)
@@ -190,29 +195,33 @@ def record_holds(t: dict, cfg: Config, now: datetime) -> bool:
     return when is not None and when <= now and _not_after(last, when) and _not_after(t.get("updated_at"), when)
 
 
-def sla_clocks(t: dict, cfg: Config, now: datetime) -> dict[str, sla.Clock]:
+def sla_clocks(t: dict, cfg: Config, now: datetime, holds: bool | None = None) -> dict[str, sla.Clock]:
     """The three SLA clocks at `now`, as `clocks_of` gives them: from the stored record, advanced,
-    when it still holds (`record_holds`; a clock is only advanced, never rewound), else replayed
-    from the history (a record from before `fp`, an SLA config edit, a `--now` in the past)."""
-    if record_holds(t, cfg, now):
-        clocks = {name: sla.from_json(d, cfg.calendars) for name, d in t["sla"]["clocks"].items()}
+    when it still holds (`record_holds`, or `holds` when the caller asked it already; a clock is only
+    advanced, never rewound), else replayed from the history (a record from before `fp`, an SLA
+    config edit, a `--now` in the past)."""
+    if record_holds(t, cfg, now) if holds is None else holds:
+        clocks = stored_clocks(t, cfg)
         if all(c.calendar is not None or not c.running for c in clocks.values()):
             return {name: c.at(now) for name, c in clocks.items()}
     return sla.compute_clocks(clock_events(t, cfg), now, calendar_of(t, cfg))
 
 
-def running_clocks(t: dict, cfg: Config, now: datetime) -> list[tuple[bool, datetime | None]]:
+def running_clocks(t: dict, cfg: Config, now: datetime, holds: bool | None = None
+                   ) -> list[tuple[bool, datetime | None]]:
     """(breached, due) of each SLA clock counting at `now`: what `--overdue` and `--due-within` ask.
-    Read straight from the stored record where it holds (a counting clock is breached at `now` once
-    its due has come, as `Clock.at` says; no business-time walk), else from a replay."""
-    if record_holds(t, cfg, now):
+    Read straight from the stored record where it holds (`holds` as for `sla_clocks`; a counting
+    clock is breached at `now` once its due has come, as `Clock.at` says; no business-time walk),
+    else from a replay."""
+    holds = record_holds(t, cfg, now) if holds is None else holds
+    if holds:
         out = []
         for d in t["sla"]["clocks"].values():
             if d.get("state") in ("running", "overdue"):
                 due = parse_iso(d.get("due"))
                 out.append((bool(d.get("breached")) or (due is not None and due <= now), due))
         return out
-    return [(c.breached, c.due) for c in sla_clocks(t, cfg, now).values() if c.running]
+    return [(c.breached, c.due) for c in sla_clocks(t, cfg, now, holds=False).values() if c.running]
 
 
 def _not_after(stamp: str | None, when: datetime) -> bool:
