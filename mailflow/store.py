@@ -56,7 +56,7 @@ except ImportError:  # pragma: no cover
 
 from mailflow.archive import ArchiveIndex, append_lines, entry_rows, month_of
 from mailflow.clock import iso, parse_iso, utcnow
-from mailflow.storeapi import BatchAborted, FileJournal, StoreError  # noqa: F401 - one class for both stores
+from mailflow.storeapi import BatchAborted, FileJournal, StoreError, unclosed_by  # noqa: F401 - one class for both stores
 from mailflow.tickets import OPEN_STATUSES
 
 log = logging.getLogger("mailflow.store")
@@ -945,8 +945,7 @@ class Store:
         return list(self._table("tickets").values())
 
     def hot_clock_records(self, at_iso: str) -> list[dict]:
-        return [t for t in self._table("tickets").values()
-                if t.get("status") != "closed" or not t.get("closed_at") or t["closed_at"] > at_iso]
+        return [t for t in self._table("tickets").values() if unclosed_by(t, at_iso)]
 
     def tickets_by_id(self, ids: list[str]) -> list[dict]:
         return [t for t in (self.ticket(i) for i in ids) if t is not None]

@@ -37,7 +37,7 @@ from psycopg_pool import ConnectionPool
 
 from mailflow import pg_schema
 from mailflow.clock import iso, parse_iso, utcnow
-from mailflow.storeapi import BatchAborted, SchemaError, StoreError
+from mailflow.storeapi import BatchAborted, SchemaError, StoreError, unclosed_by
 from mailflow.tickets import OPEN_STATUSES
 
 log = logging.getLogger("mailflow.store_pg")
@@ -391,8 +391,7 @@ class PgStore:
         record as text for orjson: the 7,199 unclosed hot tickets of the 1M-ticket set in ~0.35 s
         on a loaded machine, against 0.7-0.9 s for their whole documents."""
         if self._in_my_batch():
-            return [t for t in self.all_tickets()
-                    if t.get("status") != "closed" or not t.get("closed_at") or t["closed_at"] > at_iso]
+            return [t for t in self.all_tickets() if unclosed_by(t, at_iso)]
         rows = self._q("SELECT id, status, doc->>'updated_at', (doc->'sla')::text, doc->'events'->-1->>'at' "
                        "FROM tickets WHERE NOT archived AND (status <> 'closed' OR closed_at IS NULL OR "
                        "closed_at = '' OR closed_at > %s)", (at_iso,))

@@ -214,6 +214,11 @@ class StoreAPI(Protocol):
     def close(self) -> None: ...
 
 
+def unclosed_by(t: dict, at_iso: str) -> bool:
+    """Whether ticket `t` was not yet closed at `at_iso` (UTC ISO): what `hot_clock_records` keeps."""
+    return t.get("status") != "closed" or not t.get("closed_at") or t["closed_at"] > at_iso
+
+
 def open_store(cfg: Config, create: bool = True, check_schema: bool = True) -> StoreAPI:
     """The store `[storage] backend` names. `create=False` is for readers (`status`, reports): it
     leaves no directory behind. PG: refuses (SchemaError) a schema this mailflow does not know."""
