@@ -99,3 +99,15 @@ def make_mail(i: int, sender: str | None = None, subject: str | None = None, bod
             f"Date: Mon, 23 Nov 2026 10:00:00 +0800\r\nMIME-Version: 1.0\r\n{extra_headers}"
             "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
             f"{body}\r\n").encode()
+
+
+def attachment_mail() -> bytes:
+    """A customer's mail with one PDF attachment (att@customer.example, "invoice")."""
+    import base64
+
+    att = base64.encodebytes(b"%PDF-1.4 invoice").decode()
+    return ("From: A <att@customer.example>\r\nTo: support@support.example\r\nSubject: invoice\r\n"
+            "Message-ID: <att1@customer.example>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0800\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+            "--B\r\nContent-Type: application/pdf; name=inv.pdf\r\nContent-Disposition: attachment; filename=inv.pdf\r\n"
+            f"Content-Transfer-Encoding: base64\r\n\r\n{att}--B--\r\n").encode()

@@ -4,11 +4,10 @@ or was cut short; `--full`, a retention run or a privacy erase make it read ever
 
 from __future__ import annotations
 
-import base64
 import json
 
 from mailflow import backup_pg, config
-from tests.integration.helpers import mailflow, make_mail
+from tests.integration.helpers import attachment_mail, mailflow, make_mail
 
 
 def _cfg(tmp, dsn):
@@ -23,13 +22,7 @@ def _mails(d, first: int, n: int, attachment: bool = False):
     for i in range(first, first + n):
         (d / f"{i:03d}.eml").write_bytes(make_mail(i, sender=f"c{i}@customer.example"))
     if attachment:
-        att = base64.encodebytes(b"%PDF-1.4 invoice").decode()
-        (d / "att.eml").write_bytes((
-            "From: A <att@customer.example>\r\nTo: support@support.example\r\nSubject: invoice\r\n"
-            "Message-ID: <att1@customer.example>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0800\r\nMIME-Version: 1.0\r\n"
-            "Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
-            "--B\r\nContent-Type: application/pdf; name=inv.pdf\r\nContent-Disposition: attachment; "
-            f"filename=inv.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n{att}--B--\r\n").encode())
+        (d / "att.eml").write_bytes(attachment_mail())
     return d
 
 

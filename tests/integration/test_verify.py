@@ -4,12 +4,11 @@ archive, an orphan attachment, an index missing an id — prints `path: what: ho
 
 from __future__ import annotations
 
-import base64
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from mailflow.store import Store, iso
-from tests.integration.helpers import mailflow, make_mail
+from tests.integration.helpers import attachment_mail, mailflow, make_mail
 
 
 def _setup(tmp_path: Path) -> tuple[Path, Path]:
@@ -20,13 +19,7 @@ def _setup(tmp_path: Path) -> tuple[Path, Path]:
     mails.mkdir()
     for i in range(12):
         (mails / f"{i:02d}.eml").write_bytes(make_mail(i, sender=f"c{i}@customer.example"))
-    att = base64.encodebytes(b"%PDF-1.4 invoice").decode()
-    (mails / "att.eml").write_bytes((
-        "From: A <att@customer.example>\r\nTo: support@support.example\r\nSubject: invoice\r\n"
-        "Message-ID: <att1@customer.example>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0800\r\nMIME-Version: 1.0\r\n"
-        "Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
-        "--B\r\nContent-Type: application/pdf; name=inv.pdf\r\nContent-Disposition: attachment; filename=inv.pdf\r\n"
-        f"Content-Transfer-Encoding: base64\r\n\r\n{att}--B--\r\n").encode())
+    (mails / "att.eml").write_bytes(attachment_mail())
     mailflow(cfg, "ingest", str(mails))
     s = Store(data)
     old = iso(datetime.now(UTC) - timedelta(days=40))
