@@ -85,7 +85,7 @@ CREATE TRIGGER IF NOT EXISTS report_gen_upd AFTER UPDATE ON ticket BEGIN
 # report_gen: a stamp per UTC creation day, new whenever an indexed ticket created that day is added,
 # replaced or removed (by any writer: archive, erase, retention, repair, rebuild), so the reports'
 # kept parts (report_cache, mailflow/report_cache.py) know when they are stale.
-REPORT_CACHE_KEEP = 16
+REPORT_CACHE_KEEP = 32  # rows: two a report
 
 
 @dataclass

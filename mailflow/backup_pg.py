@@ -96,7 +96,7 @@ def backup(cfg: Any, out_dir: Path, *, keep: int | None = None,
                     counts = dict(zip(COUNT_KEYS, c.execute(COUNTS_SQL).fetchone(), strict=True))
                     version = pg_schema.current(c)
                     held = time.monotonic()
-                    r = subprocess.run([pg_bin("pg_dump"), "-Fc", "--no-owner", f"--snapshot={snap}", "-f", str(dump),
+                    r = subprocess.run([pg_bin("pg_dump"), "-Fc", "--no-owner", "--exclude-table-data=report_cache", f"--snapshot={snap}", "-f", str(dump),
                                         "--dbname", conninfo], env=env, capture_output=True, text=True)
                     if r.returncode != 0:
                         raise bk.BackupError(f"pg_dump failed: {r.stderr.strip().splitlines()[-1:] or r.returncode}")

@@ -348,6 +348,7 @@ def migrate(cfg: Any, batch_size: int = 5000, echo=lambda s: None) -> Result:
             added["meta"] = c.execute("SELECT count(*) FROM meta").fetchone()[0] - before
             # rows were added under them: the reports' kept parts and what `verify` remembers are stale
             c.execute("DELETE FROM meta WHERE key LIKE 'rcache:%' OR key = 'verify:checked'")
+            c.execute("DELETE FROM report_cache")
         if direct:
             echo("analyzing")
             c.execute("ANALYZE")

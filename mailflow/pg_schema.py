@@ -165,6 +165,14 @@ MIGRATIONS: list[str] = [
     ANALYZE tickets;
     ANALYZE messages;
     """,
+    # 4: the reports' kept tallies as bytes (mailflow/report_cache.py): one 20-30 MB row a report
+    # on the 1M set, read whole by every warm report. In a jsonb text it cost 0.36 s to read (the
+    # value decompressed and unescaped); bytea stored uncompressed and fetched in binary, 0.07 s
+    """
+    CREATE TABLE report_cache (key text COLLATE "C" PRIMARY KEY, at bigint NOT NULL, data bytea NOT NULL);
+    ALTER TABLE report_cache ALTER COLUMN data SET STORAGE EXTERNAL;
+    DELETE FROM meta WHERE key LIKE 'rcache:data:%';
+    """,
 ]
 
 VERSION = len(MIGRATIONS)  # the schema this mailflow knows

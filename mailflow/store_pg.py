@@ -755,10 +755,10 @@ class PgStore:
 
     # ---- the reports' cache (mailflow/report_cache.py) -----------------------------------------
     # A stamp per UTC creation day of archived tickets (meta `rcache:gen:YYYY-MM-DD`), changed in the
-    # transaction that changes any archived ticket created that day; the kept parts of reports in
-    # meta `rcache:data:KEY` ({"at": epoch, "data": text}), written outside any batch.
+    # transaction that changes any archived ticket created that day; what reports keep in table
+    # report_cache (migration 4), written outside any batch.
 
-    REPORT_CACHE_KEEP = 48  # kept reports (period x team x config); the least recently written go
+    REPORT_CACHE_KEEP = 96  # kept rows (two a report: period x team x config); the least recently written go
 
     def _touch_report_days(self, created: list[str | None]) -> None:
         days = sorted({d.astimezone(UTC).date().isoformat() for d in map(parse_iso, created) if d is not None})
@@ -773,17 +773,20 @@ class PgStore:
         return dict(rows)
 
     def report_cache_get(self, key: str) -> bytes | None:
-        text = self._q1("SELECT value ->> 'data' FROM meta WHERE key = %s", (f"rcache:data:{key}",))
-        return text.encode() if text is not None else None
+        try:
+            with self.pool.connection() as c, c.cursor(binary=True) as cur:  # bytea as is, not hex
+                row = cur.execute("SELECT data FROM report_cache WHERE key = %s", (key,)).fetchone()
+        except psycopg.Error as e:
+            raise StoreError(f"database: {_why(e)}") from e
+        return bytes(row[0]) if row else None
 
     def report_cache_put(self, key: str, data: bytes) -> None:
-        """Keep a report's parts (its own statement: a report never holds a lock on meta); the
+        """Keep a report's row (its own statement: a report never holds a lock in a batch); the
         oldest beyond REPORT_CACHE_KEEP are dropped."""
-        self._auto("INSERT INTO meta (key, value) VALUES (%s, jsonb_build_object('at', extract(epoch FROM now())::bigint, "
-                   "'data', %s::text)) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                   (f"rcache:data:{key}", data.decode()))
-        self._auto("DELETE FROM meta WHERE key LIKE 'rcache:data:%%' AND key NOT IN (SELECT key FROM meta WHERE key "
-                   "LIKE 'rcache:data:%%' ORDER BY (value ->> 'at')::bigint DESC, key LIMIT %s)", (self.REPORT_CACHE_KEEP,))
+        self._auto("INSERT INTO report_cache (key, at, data) VALUES (%s, extract(epoch FROM clock_timestamp())::bigint, %s) "
+                   "ON CONFLICT (key) DO UPDATE SET at = excluded.at, data = excluded.data", (key, data))
+        self._auto("DELETE FROM report_cache WHERE key NOT IN (SELECT key FROM report_cache ORDER BY at DESC, key "
+                   "LIMIT %s)", (self.REPORT_CACHE_KEEP,))
 
     def hot_summaries(self, cfg: Any, created_before: str | None = None) -> Iterator[tuple[str, dict]]:
         """(id, `summary.summarize(ticket, cfg)`) of every hot ticket, for reports. A hot ticket's

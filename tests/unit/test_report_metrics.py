@@ -14,9 +14,19 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as hs
 
 from mailflow import report
-from mailflow.report_metrics import PeriodError, compute, month_period, parse_period, percentile
+from mailflow.report_metrics import (
+    Floats,
+    PeriodError,
+    Sample,
+    compute,
+    month_period,
+    parse_period,
+    percentile,
+)
 from mailflow.report_render import render_csv, render_html, render_json, render_text
 from mailflow.store import Store
 from tests.unit.test_summary import CFG, SH, Tk, at, cfg_with
@@ -46,6 +56,43 @@ def test_percentiles_interpolate_linearly():
     assert percentile([1.0, 9.0], 0.5) == 5.0 and percentile([1.0, 9.0], 0.9) == pytest.approx(8.2)
     assert percentile([4, 1, 3, 2], 0.9) == pytest.approx(3.7) and percentile([7.0], 0.9) == 7.0
     assert percentile([], 0.5) is None
+
+
+_HOURS = hs.floats(min_value=-5, max_value=1e4, allow_nan=False)
+
+
+@given(hs.lists(hs.lists(_HOURS, max_size=30), max_size=5), hs.lists(_HOURS, max_size=30))
+def test_a_sample_of_kept_runs_and_new_values_has_the_percentiles_of_all_its_values(runs, new):
+    """The warm report's selection between a kept run and the hot values equals sorting them all,
+    and a packed Sample reads back with the same values."""
+    s = Sample(new)
+    for r in runs:
+        part = Sample(r)
+        s.merge(part)
+    every = sorted([*new, *(x for r in runs for x in r)])
+    assert len(s) == len(every)
+    for q in (0.0, 0.1, 0.5, 0.9, 1.0):
+        assert s.percentile(q) == percentile(every, q)
+    for edge in (0, 1, 8):
+        assert s.count_below(edge) == sum(1 for x in every if x < edge)
+    floats = Floats()
+    ref = floats.put(s)
+    doc, sample = Floats.unpack(floats.pack({"ref": ref}))
+    back = sample(doc["ref"])
+    assert list(back.settle()) == every
+    back.append(3.0)
+    assert back.percentile(0.5) == percentile([*every, 3.0], 0.5)
+
+
+def test_a_kept_tally_cut_short_or_of_another_kind_is_refused():
+    floats = Floats()
+    ref = floats.put(Sample([1.0, 2.0, 3.0]))
+    data = floats.pack({"ref": ref})
+    doc, sample = Floats.unpack(data[:-8])
+    with pytest.raises(ValueError):
+        sample(doc["ref"])
+    with pytest.raises(ValueError):
+        Floats.unpack(b"JUNK" + data[4:])
 
 
 def test_the_contract_figures():
