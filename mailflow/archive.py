@@ -409,6 +409,10 @@ class ArchiveIndex:
             db.execute("DELETE FROM report_cache WHERE key NOT IN (SELECT key FROM report_cache ORDER BY at DESC, key "
                        "LIMIT ?)", (REPORT_CACHE_KEEP,))
 
+    def report_cache_keys(self) -> list[str]:
+        """The kept rows' keys, the most recently written first."""
+        return [k for (k,) in self._query("SELECT key FROM report_cache ORDER BY at DESC, key")]
+
     def created_of(self, tids: list[str]) -> dict[str, str]:
         """{id: created_at} of those of `tids` that are in the index (hot tickets also archived:
         brought back by a reply, or an interrupted archive run)."""

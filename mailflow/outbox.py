@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -510,7 +511,22 @@ class Outbox:
         from mailflow import retention  # [retention] limits (nothing unless configured)
 
         retention.apply(self.store, self.cfg, now or self.clock.now())
+        self._refresh_reports(now or self.clock.now())
         return archived, len(dropped)
+
+    def _refresh_reports(self, now: datetime) -> None:
+        """Archiving marked days of the kept reports stale: make them again here, off the CLI's path
+        (mailflow/report_cache.py). A failure costs only the next report's speed."""
+        from mailflow import report_cache
+
+        t0 = time.monotonic()
+        try:
+            n = report_cache.refresh(self.store, self.cfg, now)
+        except Exception as e:
+            log.warning("report cache not refreshed: %s: %s", type(e).__name__, e)
+            return
+        if n:
+            log.info("report cache: %d kept reports made again in %.1f s", n, time.monotonic() - t0)
 
     def retry(self, key: str, resend: bool = False) -> bool:
         """Queue a row for an immediate new attempt. A delivered row is refused (it would reach the

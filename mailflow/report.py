@@ -75,6 +75,13 @@ def open_store(cfg: Config) -> StoreAPI | None:
     return _open(cfg, create=False)
 
 
+def created_range(cfg: Config, period: Period, now: datetime) -> tuple[int, int]:
+    """The creation instants [from, to) of the tickets a report of `period` reads."""
+    first = _add_months(period.shifted(-(TREND - 1)).first, -cfg.reports.lookback_months)
+    return (int(Period("range", first, first, period.timezone).start.timestamp()),
+            min(int(period.end.timestamp()), int(now.timestamp()) + 1))
+
+
 def build(store: StoreAPI | None, cfg: Config, period: Period, now: datetime, *, team: str | None = None,
           by: str | None = None, rows: bool = False, locale: str | None = None,
           on_progress: Callable[[int], None] | None = None) -> Metrics:
@@ -84,9 +91,7 @@ def build(store: StoreAPI | None, cfg: Config, period: Period, now: datetime, *,
     shows (the CSAT trend's first), by creation date; every hot ticket is read (an open ticket of any
     age is backlog)."""
     oldest = period.shifted(-(TREND - 1))
-    first = _add_months(oldest.first, -cfg.reports.lookback_months)
-    created_from = int(Period("range", first, first, period.timezone).start.timestamp())
-    created_to = min(int(period.end.timestamp()), int(now.timestamp()) + 1)
+    created_from, created_to = created_range(cfg, period, now)
     names = {s.email: s.name for s in cfg.staff}
     kw = {"by": by, "locale": locale or cfg.reports.locale or cfg.default_locale, "company": cfg.company_name,
           "staff_names": names}

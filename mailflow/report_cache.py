@@ -37,7 +37,7 @@ import hashlib
 import logging
 import sys
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from mailflow import summary
 from mailflow.report_metrics import TREND, Floats, Period, Tally
@@ -98,6 +98,7 @@ class _Backend:
     def get(self, key: str) -> bytes | None: ...
     def put(self, key: str, data: bytes) -> None: ...
     def archived_among(self, ids: list[str]) -> dict[str, str]: ...
+    def keys(self) -> list[str]: ...
     def hot(self, cfg, created_to: int) -> Iterator[tuple[str, dict]]: ...
 
 
@@ -118,6 +119,9 @@ class _Pg(_Backend):
 
     def put(self, key, data):
         self.store.report_cache_put(key, data)
+
+    def keys(self):
+        return self.store.report_cache_keys()
 
     def archived_among(self, ids):
         return {}  # one row per ticket: hot or archived, never both
@@ -144,6 +148,9 @@ class _Tiny(_Backend):
     def put(self, key, data):
         self.index.report_cache_put(key, data)
 
+    def keys(self):
+        return self.index.report_cache_keys()
+
     def archived_among(self, ids):
         return self.index.created_of(ids)
 
@@ -165,10 +172,11 @@ def backend_of(store) -> _Backend | None:
 
 
 def cached_tally(store, cfg, period: Period, now: datetime, created_from: int, created_to: int, *,
-                 team: str | None, on_progress: Callable[[int], None] | None = None) -> Tally | None:
+                 team: str | None, on_progress: Callable[[int], None] | None = None,
+                 remade: list | None = None) -> Tally | None:
     """The report's Tally: hot tickets fed live, archived ones merged from what is kept (made and
-    kept where missing or stale). None when this report cannot use the cache (see the module
-    docstring): the caller then makes it the straight way."""
+    kept where missing or stale; then the report's key is appended to `remade`). None when this
+    report cannot use the cache (see the module docstring): the caller then makes it the straight way."""
     from mailflow.report_source import fingerprint
 
     be = backend_of(store)
@@ -200,8 +208,42 @@ def cached_tally(store, cfg, period: Period, now: datetime, created_from: int, c
         archived = _remake(be, key, whole, spans, stamp_of, set(skip), period, now, team, tally, prog)
         if archived is None:
             return None
+        if remade is not None:
+            remade.append(key)
     tally.merge(archived)
     return tally
+
+
+REFRESH = 4  # kept reports brought up to date after housekeeping, the most recently made first
+
+
+def refresh(store, cfg, now: datetime, *, limit: int = REFRESH) -> int:
+    """Bring the most recently made kept reports up to date: the daemon's housekeeping calls this
+    after it archived tickets (which marks their creation days), so the next report of those
+    periods reads one valid row instead of re-reading the days that changed (2-3 s on the 1M
+    set). The number of reports made again; a report of another config is left to age out."""
+    from mailflow.report import created_range
+    from mailflow.report_source import fingerprint
+
+    be = backend_of(store)
+    if be is None:
+        return 0
+    fp, remade = fingerprint(cfg), []
+    for key in [k[:-4] for k in be.keys() if k.endswith(":sum")][:limit]:
+        try:
+            doc, _sample = Floats.unpack(be.get(key + ":sum") or b"")
+            kind, first, last, tz = doc["period"]
+            team = doc.get("team")
+            period = Period(kind, date.fromisoformat(first), date.fromisoformat(last), tz)
+        except Exception as e:  # an older layout, a row dropped meanwhile: nothing to refresh
+            log.debug("report cache row %s not refreshed (%s)", key, e)
+            continue
+        tally = Tally(period, now, team=team)
+        if not tally.complete or cache_key(fp, period, tally.main.cut, team) != key:
+            continue
+        created_from, created_to = created_range(cfg, period, now)
+        cached_tally(store, cfg, period, now, created_from, created_to, team=team, remade=remade)
+    return len(remade)
 
 
 class _Progress:
@@ -301,7 +343,9 @@ def _remake(be: _Backend, key: str, whole: str, spans: list[tuple[str, int, int]
     try:
         be.put(key + ":parts", floats.pack(keep))
         floats = Floats()
-        be.put(key + ":sum", floats.pack({"key": key, "stamp": whole, "tally": archived.dump(floats)}))
+        be.put(key + ":sum", floats.pack({"key": key, "stamp": whole, "tally": archived.dump(floats), "team": team,
+                                          "period": [period.kind, period.first.isoformat(), period.last.isoformat(),
+                                                     period.timezone]}))
     except Exception as e:  # a read-only store, a busy one: the next report computes it again
         log.debug("report cache not written (%s)", e)
     return archived

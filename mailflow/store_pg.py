@@ -780,6 +780,10 @@ class PgStore:
             raise StoreError(f"database: {_why(e)}") from e
         return bytes(row[0]) if row else None
 
+    def report_cache_keys(self) -> list[str]:
+        """The kept rows' keys, the most recently written first."""
+        return [k for (k,) in self._q("SELECT key FROM report_cache ORDER BY at DESC, key")]
+
     def report_cache_put(self, key: str, data: bytes) -> None:
         """Keep a report's row (its own statement: a report never holds a lock in a batch); the
         oldest beyond REPORT_CACHE_KEEP are dropped."""

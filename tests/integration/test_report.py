@@ -127,9 +127,16 @@ def test_two_months_of_tickets_give_exactly_the_expected_figures(tmp_path, dovec
     sc.customer(c2, f"回复: [{t2}] 已解决", "4", in_reply_to=_find(sc, t2, c2)["Message-ID"].strip("<>"))
     sc.run("2026-11-04T11:00+08:00")
     assert sc.ticket(t2)["status"] == "closed"
+    october = _report(sc, "2026-11-05T10:00+08:00", "--month", "2026-10")  # kept, T2 still hot
     # T3: an inquiry Mon Nov 9 10:00, resolved 12:00 with one answer, never rated
-    t3 = _new(sc, "2026-11-09T10:00+08:00", c3, "咨询退款时间", "退款多久到账？")
+    sc.customer(c3, "咨询退款时间", "退款多久到账？")
+    r = sc.run("2026-11-09T10:00+08:00")
+    t3 = next(t["id"] for t in sc.tickets() if t["customer_email"] == c3)
     assert sc.ticket(t1)["archived"] and sc.ticket(t2)["archived"]  # housekeeping: closed > 3 days
+    # archiving T2 (created Oct 30) marked its day: housekeeping made the kept October report again
+    assert "kept reports made again" in r.stderr, r.stderr  # October's and a weekly mail's
+    again = _report(sc, "2026-11-09T10:05+08:00", "--month", "2026-10")
+    assert {**again, "generated_at": None} == {**october, "generated_at": None}
     sc.staff(_find(sc, t3, ALICE), "[RESOLVE]", "三个工作日内到账。")
     sc.run("2026-11-09T12:00+08:00")
     # T4: urgent fault Tue Nov 10 10:00, escalated by staff at 10:30, first answer 11:30 (1.5 h > 1 h:

@@ -145,6 +145,43 @@ def test_cached_reports_equal_the_straight_pass_through_every_change(tmp_path):
 
 
 @pytest.mark.usefixtures("backend")
+def test_a_change_re_reads_only_its_days_and_housekeeping_refreshes_the_kept_reports(tmp_path, monkeypatch):
+    """After an archive run only the days it touched are read again, and `refresh` (what the
+    daemon's housekeeping calls) does that work so the next report reads no archived ticket."""
+    cfg = config.load(_config(tmp_path))
+    st = open_store(cfg)
+    _fill(st, cfg)
+    read: list[int] = []
+    be_cls = type(report_cache.backend_of(st))
+    real = be_cls.summaries
+
+    def counted(self, *a):
+        for s in real(self, *a):
+            read.append(s["created"])
+            yield s
+
+    monkeypatch.setattr(be_cls, "summaries", counted)
+    oct_ = report.parse_period(NOW, report.timezone_of(cfg), month="2026-10")
+    want = _straight(st, cfg, oct_, NOW, None)
+    assert report.build(st, cfg, oct_, NOW, by="category").data == want
+    cold = len(read)
+    assert cold > 100
+    read.clear()
+    assert report.build(st, cfg, oct_, NOW, by="category").data == want and read == []  # warm: one row
+
+    with st.batch():
+        assert st.archive(3.0, now=NOW, cfg=cfg) > 0
+    want = _straight(st, cfg, oct_, NOW, None)
+    read.clear()
+    assert report_cache.refresh(st, cfg, NOW) == 1  # the one report kept, made again
+    assert report_cache.refresh(st, cfg, NOW) == 0  # nothing changed since
+    assert 0 < len(read) < cold / 2  # the days the archive touched (and their neighbours), not all
+    read.clear()
+    assert report.build(st, cfg, oct_, NOW, by="category").data == want and read == []
+    st.close()
+
+
+@pytest.mark.usefixtures("backend")
 def test_a_running_period_and_the_csv_take_the_straight_pass(tmp_path):
     cfg = config.load(_config(tmp_path))
     st = open_store(cfg)
