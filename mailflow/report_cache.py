@@ -309,6 +309,7 @@ def _remake(be: _Backend, key: str, whole: str, spans: list[tuple[str, int, int]
     except Exception as e:  # unreadable or damaged: every day made again
         log.debug("report cache parts of %s unreadable (%s)", key, e)
         parts = {}
+    data = None  # the loaded parts hold copies of their values
     stale = [(label, lo, hi) for label, lo, hi in spans if label not in parts]
     edges = [lo for _label, lo, _hi in spans]
     for run in _runs(stale):
@@ -342,6 +343,7 @@ def _remake(be: _Backend, key: str, whole: str, spans: list[tuple[str, int, int]
                                   for label, _lo, _hi in spans}}
     try:
         be.put(key + ":parts", floats.pack(keep))
+        keep = parts = None  # type: ignore[assignment]  # the sum shares their runs until it is settled
         floats = Floats()
         be.put(key + ":sum", floats.pack({"key": key, "stamp": whole, "tally": archived.dump(floats), "team": team,
                                           "period": [period.kind, period.first.isoformat(), period.last.isoformat(),

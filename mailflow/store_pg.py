@@ -785,9 +785,9 @@ class PgStore:
         return [k for (k,) in self._q("SELECT key FROM report_cache ORDER BY at DESC, key")]
 
     def report_cache_put(self, key: str, data: bytes) -> None:
-        """Keep a report's row (its own statement: a report never holds a lock in a batch); the
-        oldest beyond REPORT_CACHE_KEEP are dropped."""
-        self._auto("INSERT INTO report_cache (key, at, data) VALUES (%s, extract(epoch FROM clock_timestamp())::bigint, %s) "
+        """Keep a report's row (its own statement: a report never holds a lock in a batch; the bytes
+        go in binary, never as hex text); the oldest beyond REPORT_CACHE_KEEP are dropped."""
+        self._auto("INSERT INTO report_cache (key, at, data) VALUES (%s, extract(epoch FROM clock_timestamp())::bigint, %b) "
                    "ON CONFLICT (key) DO UPDATE SET at = excluded.at, data = excluded.data", (key, data))
         self._auto("DELETE FROM report_cache WHERE key NOT IN (SELECT key FROM report_cache ORDER BY at DESC, key "
                    "LIMIT %s)", (self.REPORT_CACHE_KEEP,))
