@@ -45,6 +45,7 @@ class _Segments:
     def __init__(self, root: Path):
         self.root = root
         self.sizes: dict[str, int | None] = {}
+        self.folders: dict[str, set[str]] = {}
 
     def size(self, name: str) -> int | None:
         if name not in self.sizes:
@@ -53,6 +54,19 @@ class _Segments:
             except OSError:
                 self.sizes[name] = None
         return self.sizes[name]
+
+    def listed(self, name: str) -> bool:
+        """Whether `name` is in its folder's listing (each folder listed once: 2M segment files are
+        a few hundred listings, not 2M stat calls)."""
+        folder, _, base = name.rpartition("/")
+        names = self.folders.get(folder)
+        if names is None:
+            try:
+                names = set(os.listdir(self.root / folder))
+            except OSError:
+                names = set()
+            self.folders[folder] = names
+        return base in names
 
     def check(self, ref: str) -> str | None:
         """None if `ref` is readable, else what is wrong."""

@@ -52,14 +52,20 @@ def test_verify_reads_new_rows_and_still_checks_the_files_of_old_ones(tmp_path, 
     size = first.stat().st_size
     with open(first, "r+b") as f:  # an old segment cut short
         f.truncate(size // 2)
+    assert len(segs) >= 2
+    gone = segs[-1]
+    gone.unlink()  # and another one lost
     problems, said = _verify(cfg)
     assert any(s.startswith("message rows read: 0") for s in said)
     assert any(p.startswith(att.relative_to(data).as_posix()) and "missing" in p for p in problems), problems
     assert any(p.startswith("spool/") and "shorter" in p and "earlier verify" in p for p in problems), problems
+    assert any(p.startswith("spool/") and "missing" in p and "earlier verify" in p for p in problems), problems
     # --full reads every row and names the tickets
     full, said = _verify(cfg, full=True)
     assert any(s.startswith("message rows read: 20") for s in said)
     assert any("shorter" in p and "CW" in p for p in full), full
+    assert any(p.startswith(f"spool/{gone.relative_to(data / 'spool').as_posix()}") and "missing" in p and "CW" in p
+               for p in full), full
     r = mailflow(cfg, "verify", "--full", check=False)
     assert r.returncode == 1 and "problem(s)" in r.stderr
 
