@@ -46,6 +46,7 @@ class _Segments:
         self.root = root
         self.sizes: dict[str, int | None] = {}
         self.folders: dict[str, set[str]] = {}
+        self.mtimes: dict[str, int] = {}  # of each folder listed, taken before its listing
 
     def size(self, name: str) -> int | None:
         if name not in self.sizes:
@@ -61,7 +62,8 @@ class _Segments:
         folder, _, base = name.rpartition("/")
         names = self.folders.get(folder)
         if names is None:
-            try:
+            try:  # its mtime first: a file removed after the listing changes it (backup_pg._close_days)
+                self.mtimes[folder] = os.stat(self.root / folder).st_mtime_ns
                 names = set(os.listdir(self.root / folder))
             except OSError:
                 names = set()
