@@ -595,6 +595,7 @@ class Store:
     TABLES = ("tickets", "messages", "outbox", "meta", "quarantine", "seen")
     backend = "tinydb"
     mail_in_db = False  # outgoing mail is in outbox/ segment files
+    max_batch = None  # a commit appends to the commit log and fsyncs: big batches pay off
 
     def __init__(self, data_dir: Path, create: bool = True):
         """`create=False` is for readers (`status`) that must not leave directories behind."""

@@ -127,6 +127,11 @@ class PgStore:
 
     backend = "postgresql"
     mail_in_db = True
+    # every mail of a batch is a savepoint, a subtransaction once it writes; PostgreSQL keeps 64
+    # subtransaction ids per backend in shared memory, and past that every other session's snapshot
+    # looks them up in pg_subtrans. A commit costs little here (TinyDB's batches grow to 1,000 to
+    # spare its commit log), so a batch stays under that
+    max_batch = 60
 
     def __init__(self, cfg: Any, create: bool = True, check_schema: bool = True):
         self.cfg = cfg

@@ -52,6 +52,8 @@ class StoreAPI(Protocol):
     """Every method a caller may use. Changes only inside `with store.batch():`."""
 
     backend: str  # "tinydb" | "postgresql"
+    # most mails one batch should hold (None: as many as pay off); every mail is a savepoint
+    max_batch: int | None
     dir: Path  # the data directory: spool, attachments, quarantine bytes, the HMAC key
     mutex: threading.RLock  # serialises this process's threads (mailbox loops, scheduler, sender)
 

@@ -150,3 +150,33 @@ def test_corrupt_database_is_a_clear_error(tmp_path):
     (tmp_path / "d" / "mailflow.json").write_text('{"tickets": {"1": ')
     r = mailflow(None, "tickets", "list", env=env, check=False)
     assert r.returncode == 1 and "not valid JSON" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.usefixtures("backend")
+def test_a_backlog_is_committed_in_batches_the_store_can_hold(tmp_path, dovecot_server, smtp_sink, monkeypatch):
+    """A 130-mail backlog: TinyDB takes it in batches of `batch_size` (its commit log pays for
+    every commit); PostgreSQL in batches of at most PgStore.max_batch (60: each mail's savepoint
+    is a subtransaction, and past 64 in one transaction PostgreSQL's snapshots overflow). Every
+    mail becomes one ticket either way."""
+    from mailflow.mailboxes import MailboxWorker
+    from mailflow.pipeline import Pipeline
+    from mailflow.runtime import Runtime
+
+    user = new_user(dovecot_server)
+    cfg = config.load(str(write_config(tmp_path, dovecot_server, [user], smtp_sink)))
+    dovecot_server.append_many(user, [make_mail(i, sender=f"b{i}@customer.example") for i in range(130)])
+    rt = Runtime.load(cfg)
+    sizes: list[int] = []
+    real = Pipeline.process
+
+    def counted(self, items, *a, **kw):
+        sizes.append(len(items))
+        return real(self, items, *a, **kw)
+
+    monkeypatch.setattr(Pipeline, "process", counted)
+    stats = MailboxWorker(cfg.mailboxes[0], rt.pipeline, None).poll()
+    cap = rt.store.max_batch or cfg.mailboxes[0].batch_size
+    assert sum(sizes) == 130 and max(sizes) <= cap and stats.new == 130, sizes
+    assert len(sizes) == -(-130 // cap)
+    assert sum(rt.store.ticket_counts().values()) == 130
+    rt.store.close()
