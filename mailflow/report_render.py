@@ -29,7 +29,7 @@ from jinja2 import ChoiceLoader, FileSystemLoader, StrictUndefined, select_autoe
 from mailflow import resources
 from mailflow.cliutil import Column, format_table
 from mailflow.privacy import mask
-from mailflow.render import CATEGORY_LABELS, PRIORITY_LABELS
+from mailflow.render import CATEGORY_LABELS, PRIORITY_LABELS, _bytecode_cache
 from mailflow.report_metrics import CLOCKS, NONE, Metrics
 from mailflow.sandbox import BudgetedEnvironment
 
@@ -383,6 +383,7 @@ def render_csv(m: Metrics, unmask: bool = False) -> str:
 def _env(templates_dir: Path | None) -> BudgetedEnvironment:
     dirs = [str(p) for p in (templates_dir, resources.bundled_templates()) if p is not None]
     env = BudgetedEnvironment(
+        bytecode_cache=_bytecode_cache("report-templates", ("render.py", "sandbox.py", "report_render.py")),
         loader=ChoiceLoader([FileSystemLoader(d) for d in dict.fromkeys(dirs)]),
         undefined=StrictUndefined,
         autoescape=select_autoescape(enabled_extensions=("html.j2", "htm.j2"), default_for_string=False,
