@@ -253,7 +253,7 @@ class Sender:
             return
         self.beat, self.allowance = time.monotonic(), 600.0
         try:
-            archived, pruned = hk()
+            archived, pruned = hk(refresh_reports=True)
         except Exception as e:
             log.error("housekeeping failed, will retry later: %s: %s", type(e).__name__, e)
             return

@@ -499,8 +499,11 @@ class Outbox:
             finally:
                 await sender.close()
 
-    def housekeeping(self, archive_days: float | None = None, now: datetime | None = None) -> tuple[int, int]:
-        """Archive long-closed tickets and drop week-old sent rows; (archived, pruned)."""
+    def housekeeping(self, archive_days: float | None = None, now: datetime | None = None, *,
+                     refresh_reports: bool = False) -> tuple[int, int]:
+        """Archive long-closed tickets and drop week-old sent rows; (archived, pruned). With
+        `refresh_reports` (the daemon's, every HOUSEKEEPING_EVERY; not `run --once`, which cron may run
+        every minute) the kept reports whose days the archive touched are made again."""
         days = self.cfg.archive_after_days if archive_days is None else archive_days
         with self.store.batch():
             archived = self.store.archive(days, now=now, cfg=self.cfg)
@@ -511,7 +514,8 @@ class Outbox:
         from mailflow import retention  # [retention] limits (nothing unless configured)
 
         retention.apply(self.store, self.cfg, now or self.clock.now())
-        self._refresh_reports(now or self.clock.now())
+        if refresh_reports:
+            self._refresh_reports(now or self.clock.now())
         return archived, len(dropped)
 
     def _refresh_reports(self, now: datetime) -> None:
