@@ -218,7 +218,7 @@ def _drop_indexes(c: psycopg.Connection) -> None:
     keeping their definitions in meta (a re-run after an interruption builds them)."""
     with c.transaction():
         defs = c.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() AND "
-                         "tablename IN ('tickets', 'messages') AND indexname NOT LIKE '%%_pkey' "
+                         "tablename IN ('tickets', 'messages', 'ticket_search') AND indexname NOT LIKE '%%_pkey' "
                          "ORDER BY indexname").fetchall()
         if not defs:
             return

@@ -863,7 +863,7 @@ class PgStore:
         if q.customer:
             a = q.customer.lower()
             cands = {r[0] for r in self._q(
-                "SELECT id FROM tickets WHERE mailflow_addrs(doc) @> ARRAY[%s] UNION "
+                "SELECT id FROM ticket_search WHERE mailflow_addrs(doc) @> ARRAY[%s] UNION "
                 "SELECT ticket_id FROM messages WHERE mailflow_addrs(doc) @> ARRAY[%s] AND ticket_id IS NOT NULL",
                 (a, a))}
         words = q.words
@@ -896,7 +896,7 @@ class PgStore:
         """Ticket ids of the tickets and messages matching the conditions, if fewer than
         SEARCH_PROBE rows of each (so that none was left out by the LIMIT); else None."""
         n = self.SEARCH_PROBE
-        rows = self._q(f"SELECT id FROM tickets WHERE {ticket_cond} LIMIT %s", (arg, n))
+        rows = self._q(f"SELECT id FROM ticket_search WHERE {ticket_cond} LIMIT %s", (arg, n))  # migration 5
         if len(rows) >= n:
             return None
         msgs = self._q(f"SELECT ticket_id FROM messages WHERE {message_cond} AND ticket_id IS NOT NULL LIMIT %s",
@@ -982,8 +982,9 @@ class PgStore:
              "outbox": ("k", "SELECT k, doc, data IS NOT NULL FROM outbox"),
              "quarantine": ("k", "SELECT k, doc, false FROM quarantine")}
 
-    # where, besides the text indexes, an address may be in a document (migration 3's `mailflow_at_text`)
-    _AT = {"tickets": ("mailflow_ticket_text(doc)", "mailflow_at_text(doc - 'subject' - 'customer_name')"),
+    # where, besides the text indexes, an address may be in a document (migration 3's `mailflow_at_text`;
+    # a ticket's are in ticket_search, migration 5)
+    _AT = {"tickets": ("mailflow_ticket_text(doc)", "(doc->>'at')"),
            "messages": ("mailflow_text(doc)", "mailflow_at_text(doc - 'subject' - 'text')")}
 
     def docs_mentioning(self, table: str, needles: list[str], tickets: list[str] = ()) -> list[tuple[str, dict, bool]]:
@@ -1004,7 +1005,10 @@ class PgStore:
         args: list = [pats]
         if table in self._AT and needles and all("@" in n for n in needles):
             text, at = self._AT[table]  # ILIKE is lower(x) LIKE lower(pattern): so are these
-            cond = f"({' OR '.join(f'{text} LIKE lower(%s) OR {at} LIKE lower(%s)' for _p in pats)}) AND {cond}"
+            found = " OR ".join(f"{text} LIKE lower(%s) OR {at} LIKE lower(%s)" for _p in pats)
+            if table == "tickets":
+                found = f"id IN (SELECT id FROM ticket_search WHERE {found})"
+            cond = f"({found}) AND {cond}"
             args = [x for p in pats for x in (p, p)] + args
         if tickets and table != "quarantine":
             cond = f"({cond}) OR {'id' if table == 'tickets' else 'ticket_id'} = ANY(%s)"

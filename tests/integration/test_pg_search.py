@@ -182,8 +182,19 @@ def test_upgrade_2_to_3_with_data_then_again(pg_server):
                          "ARRAY['咨询']").fetchall() == [("CW202611010001",)]
         assert c.execute("SELECT id FROM tickets WHERE mailflow_at_text(doc - 'subject' - 'customer_name') "
                          "LIKE '%other@elsewhere.example%'").fetchall() == [("CW202611010001",)]
-        idx = {r[0] for r in c.execute("SELECT indexname FROM pg_indexes WHERE tablename IN ('tickets', 'messages')")}
-        assert {"messages_cjk", "tickets_cjk", "messages_at", "tickets_at"} <= idx
+        # migration 5: the ticket's searched fields moved to ticket_search, indexed there, kept by a trigger
+        assert c.execute("SELECT id FROM ticket_search WHERE mailflow_cjk_grams(mailflow_ticket_text(doc)) @> "
+                         "ARRAY['发霉'] AND doc->>'at' LIKE '%other@elsewhere.example%'").fetchall() == [
+            ("CW202611010001",)]
+        c.execute("UPDATE tickets SET doc = jsonb_set(doc, '{subject}', '\"面包过期\"') WHERE id = 'CW202611010001'")
+        assert c.execute("SELECT doc->>'subject' FROM ticket_search").fetchall() == [("面包过期",)]
+        c.execute("DELETE FROM messages")
+        c.execute("DELETE FROM tickets")
+        assert c.execute("SELECT count(*) FROM ticket_search").fetchone()[0] == 0
+        idx = {r[0] for r in c.execute("SELECT indexname FROM pg_indexes WHERE tablename IN ('tickets', 'messages', "
+                                       "'ticket_search')")}
+        assert {"messages_cjk", "ticket_search_cjk", "messages_at", "ticket_search_at"} <= idx
+        assert not {"tickets_cjk", "tickets_at", "tickets_text", "tickets_addrs"} & idx
 
 
 # ---- privacy export: an address in any field ------------------------------------------------------
