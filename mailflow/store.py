@@ -1030,6 +1030,9 @@ class Store:
         """How many hot messages a ticket has (no message is parsed)."""
         return len(self._msgs_by_ticket.get(tid, []))
 
+    def message_counts(self, tids: list[str]) -> dict[str, int]:
+        return {tid: self.message_count(tid) for tid in tids}
+
     def messages_of(self, tid: str) -> list[dict]:
         if "_msgs_by_ticket" not in self.__dict__ and self._scans < 3:  # see _scan
             return self._scan("messages", "ticket_id", tid)

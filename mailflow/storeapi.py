@@ -131,6 +131,8 @@ class StoreAPI(Protocol):
         """A hot ticket's messages in the order they were added."""
 
     def message_count(self, tid: str) -> int: ...
+    def message_counts(self, tids: list[str]) -> dict[str, int]:
+        """message_count of each of `tids`, at once (a listing's column)."""
     def messages_of_mailbox(self, mailbox: str) -> list[dict]: ...
     def ticket_of_message_id(self, message_id: str) -> str | None:
         """The ticket (hot, else archived) a Message-ID belongs to."""
