@@ -189,7 +189,7 @@ def cached_tally(store, cfg, period: Period, now: datetime, created_from: int, c
     except Exception as e:  # a cache that cannot be read is only a miss
         log.debug("report cache unreadable (%s): the straight pass", e)
         return None
-    # hot tickets first (their ids: a TinyDB ticket both hot and archived means the straight pass)
+    # hot tickets first (their ids: a TinyDB ticket both hot and archived is counted by its hot copy)
     prog = _Progress(on_progress)
     hot_ids: list[str] = []
     for tid, s in be.hot(cfg, created_to):
@@ -219,9 +219,10 @@ REFRESH = 4  # kept reports brought up to date after housekeeping, the most rece
 
 def refresh(store, cfg, now: datetime, *, limit: int = REFRESH) -> int:
     """Bring the most recently made kept reports up to date: the daemon's housekeeping calls this
-    after it archived tickets (which marks their creation days), so the next report of those
-    periods reads one valid row instead of re-reading the days that changed (2-3 s on the 1M
-    set). The number of reports made again; a report of another config is left to age out."""
+    after each pass (archiving marks the archived tickets' creation days), so the next report of
+    those periods reads one valid row instead of re-reading the days that changed (2-3 s on the 1M
+    set); a report still valid costs its hot tickets' feed. The number of reports made again; a
+    report of another config is left to age out."""
     from mailflow.report import created_range
     from mailflow.report_source import fingerprint
 
