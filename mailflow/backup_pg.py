@@ -330,6 +330,12 @@ def _closed_before() -> str:
     return (datetime.now(UTC) - timedelta(days=CLOSED_AFTER_DAYS)).strftime("%Y/%m/%d")
 
 
+def _closed_day(name: str, cut: str) -> str | None:
+    """The day folder (YYYY/MM/DD) of segment `name` if that day is closed (before `cut`)."""
+    day = name[:10]
+    return day if len(day) == 10 and day.count("/") == 2 and day < cut else None
+
+
 def _close_days(v: Any, segments: dict[str, int], days: dict[str, list], closing: set[str] | None = None) -> None:
     """Fold the remembered segments of day folders that are closed (no segment is written into a
     past day's folder; 2 days of margin for hosts' clocks) into one entry per folder: its mtime and
@@ -339,8 +345,8 @@ def _close_days(v: Any, segments: dict[str, int], days: dict[str, list], closing
     cut = _closed_before()
     closing = set() if closing is None else closing
     for name in list(segments):
-        day = name[:10]
-        if len(day) == 10 and day.count("/") == 2 and day < cut:
+        day = _closed_day(name, cut)
+        if day:
             closing.add(day)
             del segments[name]
     for day in closing:
@@ -435,8 +441,8 @@ def _read_messages(c: Any, v: Any, since: int, last: int, segments: dict[str, in
                         "WHERE k > %s AND direction = 'in' OFFSET 0) m WHERE coalesce(s, '') <> '' GROUP BY 1", (since,))
             cut = _closed_before()
             for name, end, low in cur:
-                day = name[:10]
-                if len(day) == 10 and day.count("/") == 2 and day < cut:
+                day = _closed_day(name, cut)
+                if day:
                     closing.add(day)  # remembered as its folder (_close_days), not segment by segment
                 elif end >= segments.get(name, -1):
                     segments[name] = max(end, 0)

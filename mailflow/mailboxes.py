@@ -176,7 +176,7 @@ class MailboxWorker:
         # snapshot), so a long backlog goes in ~20 commits (batch_size is the floor; 1,000 the
         # ceiling) rather than one per 100 messages
         size = max(1, self.cfg.batch_size, min(1000, len(uids) // 20))
-        cap = getattr(store, "max_batch", None)  # PostgreSQL: its subtransaction cache (store_pg.PgStore)
+        cap = store.max_batch  # PostgreSQL: its subtransaction cache (store_pg.PgStore)
         if cap:
             size = min(size, cap)
         i = 0

@@ -91,37 +91,37 @@ def cache_key(fp: str, period: Period, cut: int, team: str | None) -> str:
 
 class _Backend:
     """What the cache needs of a store: day stamps, archived summaries of a creation range, and a
-    place for the kept parts. None when the store has none of that."""
+    place for the kept rows (`where`: the store, or TinyDB's archive index). None when the store
+    has none of that."""
 
-    def stamps(self, days: list[str]) -> dict[str, str]: ...
+    def __init__(self, store, where):
+        self.store, self.where = store, where
+
+    def stamps(self, days: list[str]) -> dict[str, str]:
+        return self.where.report_day_stamps(days[0], days[-1])
+
+    def get(self, key: str) -> bytes | None:
+        return self.where.report_cache_get(key)
+
+    def put(self, key: str, data: bytes) -> None:
+        self.where.report_cache_put(key, data)
+
+    def keys(self) -> list[str]:
+        return self.where.report_cache_keys()
+
     def summaries(self, created_from: int, created_to: int, last_from: int, full_from: int) -> Iterator[dict]: ...
-    def get(self, key: str) -> bytes | None: ...
-    def put(self, key: str, data: bytes) -> None: ...
     def archived_among(self, ids: list[str]) -> dict[str, str]: ...
-    def keys(self) -> list[str]: ...
     def hot(self, cfg, created_to: int) -> Iterator[tuple[str, dict]]: ...
 
 
 class _Pg(_Backend):
     def __init__(self, store):
-        self.store = store
-
-    def stamps(self, days):
-        return self.store.report_day_stamps(days[0], days[-1])
+        super().__init__(store, store)
 
     def summaries(self, created_from, created_to, last_from, full_from):
         for text in self.store.archived_summary_texts(_iso(created_from), _iso(created_to), last_from=last_from,
                                                       full_from=full_from):
             yield _loads(text)
-
-    def get(self, key):
-        return self.store.report_cache_get(key)
-
-    def put(self, key, data):
-        self.store.report_cache_put(key, data)
-
-    def keys(self):
-        return self.store.report_cache_keys()
 
     def archived_among(self, ids):
         return {}  # one row per ticket: hot or archived, never both
@@ -134,25 +134,13 @@ class _Pg(_Backend):
 
 class _Tiny(_Backend):
     def __init__(self, store):
-        self.store, self.index = store, store.archive_index
-
-    def stamps(self, days):
-        return self.index.report_day_stamps(days[0], days[-1])
+        super().__init__(store, store.archive_index)
 
     def summaries(self, created_from, created_to, last_from, full_from):
-        return self.index.iter_summaries(_iso(created_from), _iso(created_to))
-
-    def get(self, key):
-        return self.index.report_cache_get(key)
-
-    def put(self, key, data):
-        self.index.report_cache_put(key, data)
-
-    def keys(self):
-        return self.index.report_cache_keys()
+        return self.where.iter_summaries(_iso(created_from), _iso(created_to))
 
     def archived_among(self, ids):
-        return self.index.created_of(ids)
+        return self.where.created_of(ids)
 
     def hot(self, cfg, created_to):
         from mailflow.report_source import _hot_summaries

@@ -195,13 +195,20 @@ def parse_period(now: datetime, timezone: str, month: str | None = None, week: s
 
 def percentile(values: list[float], q: float, *, is_sorted: bool = False) -> float | None:
     """The q-quantile with linear interpolation between the closest ranks (numpy's default)."""
-    if not values:
-        return None
     v = values if is_sorted else sorted(values)
-    pos = (len(v) - 1) * q
+    return _interpolate(len(v), q, v.__getitem__)
+
+
+def _interpolate(n: int, q: float, kth) -> float | None:
+    """The q-quantile of n values whose k-th smallest is `kth(k)`: the two closest ranks, linearly."""
+    if not n:
+        return None
+    pos = (n - 1) * q
     lo = math.floor(pos)
-    hi = min(lo + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+    hi = min(lo + 1, n - 1)
+    v_lo = kth(lo)
+    v_hi = v_lo if hi == lo else kth(hi)
+    return v_lo + (v_hi - v_lo) * (pos - lo)
 
 
 def _r(x: float | None, nd: int = 2) -> float | None:
@@ -295,15 +302,7 @@ class Sample:
 
     def percentile(self, q: float) -> float | None:
         """As `percentile` of the values."""
-        n = len(self)
-        if not n:
-            return None
-        pos = (n - 1) * q
-        lo = math.floor(pos)
-        hi = min(lo + 1, n - 1)
-        v_lo = self.kth(lo)
-        v_hi = v_lo if hi == lo else self.kth(hi)
-        return v_lo + (v_hi - v_lo) * (pos - lo)
+        return _interpolate(len(self), q, self.kth)
 
 
 class Floats:

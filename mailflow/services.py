@@ -207,7 +207,7 @@ def ingest(rt: Runtime, paths: list[Path], on_result: Callable | None = None, ba
     from mailflow.pipeline import Incoming, iter_paths
 
     p = rt.pipeline
-    batch = min(batch, getattr(p.store, "max_batch", None) or batch)  # PostgreSQL: store_pg.PgStore.max_batch
+    batch = min(batch, p.store.max_batch or batch)  # PostgreSQL: store_pg.PgStore.max_batch
     results = []
     part: list[tuple[str, bytes]] = []
     size = 0

@@ -164,13 +164,14 @@ class PgStore:
     # ---- connections ----------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _cursor(self) -> Iterator[psycopg.Cursor]:
-        """The batch's cursor in the batch's thread, else one from the pool (autocommit reads)."""
+    def _cursor(self, binary: bool = False) -> Iterator[psycopg.Cursor]:
+        """The batch's cursor in the batch's thread, else one from the pool (autocommit reads).
+        `binary`: results in binary format (a bytea as is, not hex text)."""
         if self._conn is not None and self._owner == threading.get_ident():
-            with self._conn.cursor() as cur:
+            with self._conn.cursor(binary=binary) as cur:
                 yield cur
             return
-        with self.pool.connection() as c, c.cursor() as cur:
+        with self.pool.connection() as c, c.cursor(binary=binary) as cur:
             yield cur
 
     def _x(self, sql: str, args: Any = None) -> psycopg.Cursor:
@@ -184,19 +185,19 @@ class PgStore:
         except _RETRY as e:
             raise BatchAborted(f"database: {_why(e)}") from e
 
-    def _q(self, sql: str, args: Any = None) -> list[tuple]:
+    def _q(self, sql: str, args: Any = None, binary: bool = False) -> list[tuple]:
         if self._dirty and "tickets" in sql and self._in_my_batch():
             self._flush()  # a query of the tickets sees every change of the batch so far
         try:
-            with self._cursor() as cur:
+            with self._cursor(binary) as cur:
                 return cur.execute(sql, args).fetchall()
         except _RETRY as e:
             if self._in_my_batch():
                 raise BatchAborted(f"database: {_why(e)}") from e
             raise StoreError(f"database: {_why(e)}") from e
 
-    def _q1(self, sql: str, args: Any = None) -> Any:
-        rows = self._q(sql, args)
+    def _q1(self, sql: str, args: Any = None, binary: bool = False) -> Any:
+        rows = self._q(sql, args, binary)
         return rows[0][0] if rows else None
 
     def _in_my_batch(self) -> bool:
@@ -783,12 +784,8 @@ class PgStore:
         return dict(rows)
 
     def report_cache_get(self, key: str) -> bytes | None:
-        try:
-            with self.pool.connection() as c, c.cursor(binary=True) as cur:  # bytea as is, not hex
-                row = cur.execute("SELECT data FROM report_cache WHERE key = %s", (key,)).fetchone()
-        except psycopg.Error as e:
-            raise StoreError(f"database: {_why(e)}") from e
-        return bytes(row[0]) if row else None
+        data = self._q1("SELECT data FROM report_cache WHERE key = %s", (key,), binary=True)  # 20 MB: not as hex
+        return bytes(data) if data is not None else None
 
     def report_cache_keys(self) -> list[str]:
         """The kept rows' keys, the most recently written first."""
